@@ -1,0 +1,91 @@
+"""Vanilla vs speculative decoding with the reference decoder, side by side in one run.
+
+Every prompt is decoded by vanilla and by each tree setting back to back, so machine noise hits
+all methods alike; the table reports total tokens/s, speedup over vanilla, tau and how many
+outputs are identical to vanilla greedy. Not a test: run it and paste the output into the docs.
+
+  .venv/bin/python benchmarks/bench_reference_decoder.py --per-set 2 --max-new-tokens 96 \
+      --trees 4,1,5 3,4,10 6,10,60 --dtype bfloat16 --json results/reference_decoder.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from hass_sglang.cli import DTYPES, _load_head, _torch_dtype
+from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.evaluate import eval_prompts, format_table, run_side_by_side, summarize
+from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+from hass_sglang.target import EMBEDDED_TARGET, load_target
+
+
+def parse_tree(spec: str) -> TreeConfig:
+    try:
+        steps, topk, tokens = (int(x) for x in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--trees entries are num_steps,topk,num_draft_tokens (got {spec!r})")
+    return TreeConfig(num_steps=steps, topk=topk, num_draft_tokens=tokens)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default=EMBEDDED_TARGET)
+    p.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
+    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle")
+    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
+    p.add_argument("--per-set", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--trees", nargs="+", default=["4,1,5", "6,10,60"], help="num_steps,topk,num_draft_tokens ...")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write per-prompt results here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    target = load_target(args.target, dtype=_torch_dtype(args.dtype))
+    head = _load_head(args.draft, args.head, target)
+    decoders = {f"tree {spec}": SpeculativeDecoder(target, head, parse_tree(spec)) for spec in args.trees}
+    prompts = eval_prompts(target, args.sets, args.per_set)
+    runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens)
+    summaries = summarize(runs)
+    print(
+        f"\n{target.path.name} {args.dtype}, draft {args.draft}, {len(prompts)} prompts x {args.max_new_tokens} "
+        f"new tokens, {args.threads} threads, {platform.processor() or platform.machine()}\n"
+    )
+    print(format_table([s for s in summaries if s.eval_set == "mean"]))
+    print()
+    print(format_table([s for s in summaries if s.eval_set != "mean"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "runs": [
+                        {
+                            "eval_set": r.eval_set,
+                            "question_id": r.question_id,
+                            "prompt_tokens": r.prompt_tokens,
+                            "results": {
+                                m: {**asdict(res), "tau": res.tau, "tokens_per_second": res.tokens_per_second}
+                                for m, res in r.results.items()
+                            },
+                        }
+                        for r in runs
+                    ],
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

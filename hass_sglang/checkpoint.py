@@ -1,0 +1,239 @@
+"""Draft checkpoints: the folders SGLang 0.5.23 loads, and the HASS reference release format.
+
+Formats (config.json + model.safetensors [+ hot_token_map.pt]):
+
+- EAGLE/HASS head, SGLang naming: architectures ["LlamaForCausalLMEagle"], one layer, untied
+  (SGLang crashes on tied EAGLE drafts), weights `fc.weight`, `fc.bias`, `layers.0.*` without
+  `layers.0.input_layernorm` (SGLang prefixes them with `model.`). Embedding and lm_head are the
+  target's and are not stored.
+- MTP head, NextN naming: architectures ["LlamaForCausalLMNextN"], num_hidden_layers = the
+  target's L, weights under `model.layers.{L}.`: enorm, hnorm, eh_proj, the decoder layer and
+  `shared_head.norm` (DeepSeek's layout; embed_tokens / shared_head.head are shared from the target).
+- HASS reference release (HArmonizedSS/HASS-*, EAGLE-2 code base): config.json saying
+  LlamaForCausalLM with one layer, pytorch_model.bin or *.safetensors with the EAGLE names above,
+  optionally `embed_tokens.weight` (dropped on import: SGLang uses the target's).
+
+A reduced draft vocabulary is stored as `hot_token_map.pt` (a list of target ids, the file format
+of SGLang's --speculative-token-map).
+
+Loading validates everything against the target before any weight is used: hidden size, vocab,
+layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing loads half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hass_sglang.errors import CheckpointMismatchError, ModelNotFoundError
+from hass_sglang.heads import DraftHead, EagleHead, MTPHead, draft_config_from_target
+
+FORMAT_VERSION = 1
+EAGLE_ARCH = "LlamaForCausalLMEagle"
+MTP_ARCH = "LlamaForCausalLMNextN"
+REFERENCE_ARCH = "LlamaForCausalLM"
+HOT_TOKEN_FILE = "hot_token_map.pt"
+WEIGHTS_FILE = "model.safetensors"
+# Config fields that must equal the target's for the head's layer to fit.
+_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size")
+# Reference-format tensors SGLang takes from the target instead; accepted (shape-checked) and dropped.
+_SHARED_WITH_TARGET = ("embed_tokens.weight", "lm_head.weight")
+
+
+def _mtp_prefix(num_target_layers: int) -> str:
+    return f"model.layers.{num_target_layers}."
+
+
+def head_state_to_files(head: DraftHead, num_target_layers: int) -> dict[str, torch.Tensor]:
+    """The head's weights under the names SGLang expects for its type."""
+    sd = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    if head.head_type == "eagle":
+        return sd
+    prefix = _mtp_prefix(num_target_layers)
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("layers.0."):
+            out[prefix + k[len("layers.0.") :]] = v
+        elif k == "shared_head_norm.weight":
+            out[prefix + "shared_head.norm.weight"] = v
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def files_to_head_state(weights: dict[str, torch.Tensor], head_type: str, num_target_layers: int) -> dict[str, torch.Tensor]:
+    if head_type == "eagle":
+        return dict(weights)
+    prefix = _mtp_prefix(num_target_layers)
+    out = {}
+    for k, v in weights.items():
+        if not k.startswith(prefix):
+            out[k] = v  # reported as unexpected by the key check
+            continue
+        rest = k[len(prefix) :]
+        if rest in ("enorm.weight", "hnorm.weight", "eh_proj.weight"):
+            out[rest] = v
+        elif rest == "shared_head.norm.weight":
+            out["shared_head_norm.weight"] = v
+        else:
+            out["layers.0." + rest] = v
+    return out
+
+
+def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None) -> dict:
+    cfg = head.config.to_dict()
+    cfg["tie_word_embeddings"] = False
+    cfg["torch_dtype"] = str(next(head.parameters()).dtype).removeprefix("torch.")
+    if head.head_type == "eagle":
+        cfg["architectures"] = [EAGLE_ARCH]
+        cfg["num_hidden_layers"] = 1
+    else:
+        cfg["architectures"] = [MTP_ARCH]
+        cfg["num_hidden_layers"] = int(target_config.num_hidden_layers)
+        cfg["num_nextn_predict_layers"] = 1
+    cfg["hass"] = {
+        "format_version": FORMAT_VERSION,
+        "head_type": head.head_type,
+        "hot_vocab_size": None if head.hot_token_ids is None else int(head.hot_token_ids.numel()),
+        **(metadata or {}),
+    }
+    for k in ("_attn_implementation", "_attn_implementation_autoset", "transformers_version"):
+        cfg.pop(k, None)
+    return cfg
+
+
+def save_draft(head: DraftHead, out_dir: str | Path, target_config, metadata: dict | None = None) -> Path:
+    """Write a draft folder SGLang can load; atomic (temporary sibling, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = head_state_to_files(head, int(target_config.num_hidden_layers))
+    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(_draft_config_dict(head, target_config, metadata), indent=2) + "\n")
+    if head.hot_token_ids is not None:
+        torch.save(head.hot_token_ids.cpu().tolist(), tmp / HOT_TOKEN_FILE)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st = sorted(folder.glob("*.safetensors"))
+    if st:
+        weights: dict[str, torch.Tensor] = {}
+        for f in st:
+            weights.update(load_file(str(f)))
+        return weights
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        weights = {}
+        for f in bins:
+            weights.update(torch.load(f, map_location="cpu", weights_only=True))
+        return weights
+    raise ModelNotFoundError(f"no weights in {folder}: expected *.safetensors or pytorch_model.bin")
+
+
+def detect_format(config: dict) -> str:
+    """'eagle' | 'mtp' | 'reference' from a draft config.json."""
+    arch = (config.get("architectures") or [None])[0]
+    if arch == EAGLE_ARCH:
+        return "eagle"
+    if arch == MTP_ARCH:
+        return "mtp"
+    if arch == REFERENCE_ARCH and config.get("num_hidden_layers") == 1:
+        return "reference"
+    raise CheckpointMismatchError(
+        f"unrecognised draft architecture {arch!r} (num_hidden_layers={config.get('num_hidden_layers')}); "
+        f"expected {EAGLE_ARCH}, {MTP_ARCH}, or a one-layer {REFERENCE_ARCH} (HASS reference release)"
+    )
+
+
+def _check_config(config: dict, target_config, folder: Path, fmt: str) -> None:
+    problems = []
+    for f in _SHAPE_FIELDS:
+        want, got = getattr(target_config, f, None), config.get(f)
+        if got is not None and want is not None and int(got) != int(want):
+            problems.append(f"{f}: draft {got} != target {want}")
+    if fmt != "reference" and config.get("tie_word_embeddings", False):
+        problems.append("tie_word_embeddings is true (SGLang's EAGLE loader requires untied drafts)")
+    if fmt == "mtp" and int(config.get("num_hidden_layers", -1)) != int(target_config.num_hidden_layers):
+        problems.append(
+            f"num_hidden_layers {config.get('num_hidden_layers')} != target's {target_config.num_hidden_layers} "
+            "(the NextN layer index)"
+        )
+    if problems:
+        raise CheckpointMismatchError(f"draft {folder} does not fit the target: " + "; ".join(problems))
+
+
+def _check_weights(head: DraftHead, state: dict[str, torch.Tensor], folder: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights {missing}")
+    if unexpected:
+        problems.append(f"unexpected weights {unexpected}")
+    if misshaped:
+        problems.append(f"wrong shapes {misshaped}")
+    if problems:
+        raise CheckpointMismatchError(f"draft {folder} does not fit the target: " + "; ".join(problems))
+
+
+def load_draft(folder: str | Path, target_config) -> DraftHead:
+    """Load and validate a draft folder (SGLang EAGLE / NextN format or HASS reference release)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"draft folder {folder} has no config.json")
+    config = json.loads((folder / "config.json").read_text())
+    fmt = detect_format(config)
+    head_type = "mtp" if fmt == "mtp" else "eagle"
+    _check_config(config, target_config, folder, fmt)
+    weights = _read_weights(folder)
+    if fmt == "reference":
+        for k in _SHARED_WITH_TARGET:
+            if k in weights:
+                want = (int(target_config.vocab_size), int(target_config.hidden_size))
+                if tuple(weights[k].shape) != want:
+                    raise CheckpointMismatchError(
+                        f"draft {folder} does not fit the target: {k} {tuple(weights[k].shape)} != {want}"
+                    )
+                del weights[k]
+    hot = None
+    if (folder / HOT_TOKEN_FILE).is_file():
+        hot = torch.tensor(torch.load(folder / HOT_TOKEN_FILE, weights_only=True), dtype=torch.long)
+    cls = MTPHead if head_type == "mtp" else EagleHead
+    try:
+        head = cls(draft_config_from_target(target_config), hot)
+    except ValueError as exc:
+        raise CheckpointMismatchError(f"draft {folder}: {exc}") from exc
+    state = files_to_head_state(weights, head_type, int(target_config.num_hidden_layers))
+    _check_weights(head, state, folder)
+    head.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return head
+
+
+def import_reference(src: str | Path, out_dir: str | Path, target_config) -> Path:
+    """Convert a HASS reference release folder into the SGLang EAGLE format."""
+    src = Path(src)
+    config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    if detect_format(config) != "reference":
+        raise CheckpointMismatchError(f"{src} is not a HASS reference release (one-layer {REFERENCE_ARCH})")
+    head = load_draft(src, target_config)
+    return save_draft(head, out_dir, target_config, metadata={"imported_from": str(src)})
+
+
+def read_draft_metadata(folder: str | Path) -> dict:
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return config.get("hass", {})

@@ -1,0 +1,148 @@
+"""`hass` command line: one subcommand per pipeline step.
+
+  hass generate      vanilla vs speculative decoding on the eval sets: tokens/s and tau (main job)
+  hass check-draft   validate a draft folder against a target
+  hass convert       HASS reference release -> SGLang EAGLE draft folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hass_sglang.errors import HassError
+
+# Trained drafts shipped inside the package (filled by the training pipeline); newest first.
+SHIPPED_DRAFTS_DIR = Path(__file__).resolve().parent / "drafts"
+DEFAULT_DRAFT_NAMES = ("smollm2-135m-hass-eagle",)
+DTYPES = ("float32", "bfloat16")
+
+
+def default_draft() -> Path | None:
+    for name in DEFAULT_DRAFT_NAMES:
+        if (SHIPPED_DRAFTS_DIR / name / "config.json").is_file():
+            return SHIPPED_DRAFTS_DIR / name
+    return None
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def _load_head(draft: str, head_type: str, target):
+    from hass_sglang.checkpoint import load_draft
+    from hass_sglang.heads import build_head
+
+    if draft == "random":
+        print(f"[hass] draft: randomly initialised {head_type} head (expect tau ~1.0)", file=sys.stderr)
+        return build_head(head_type, target.config, seed=0)
+    path = default_draft() if draft == "auto" else Path(draft)
+    if path is None:
+        print(
+            "[hass] no trained draft is shipped yet: using a randomly initialised EAGLE head (tau ~1.0); "
+            "pass --draft <folder> for a trained one",
+            file=sys.stderr,
+        )
+        return build_head(head_type, target.config, seed=0)
+    print(f"[hass] draft: {path}", file=sys.stderr)
+    return load_draft(path, target.config)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from hass_sglang.evaluate import eval_prompts, format_table, run_side_by_side, summarize
+    from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+    from hass_sglang.target import load_target
+
+    torch.set_num_threads(args.threads)
+    target = load_target(args.target, dtype=_torch_dtype(args.dtype))
+    head = _load_head(args.draft, args.head, target)
+    tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
+    decoder = SpeculativeDecoder(target, head, tree)
+    if args.prompt is not None:
+        prompts = [("prompt", "0", target.chat_prompt_ids(args.prompt))]
+    else:
+        prompts = eval_prompts(target, args.sets, args.per_set)
+    runs = run_side_by_side(target, {"hass": decoder}, prompts, args.max_new_tokens)
+    if args.prompt is not None:
+        print(target.tokenizer.decode(runs[0].results["hass"].tokens, skip_special_tokens=True))
+    print(f"\ntarget {target.path.name} ({args.dtype}), tree {tree}, {args.max_new_tokens} new tokens\n")
+    print(format_table(summarize(runs)))
+    return 0
+
+
+def cmd_check_draft(args) -> int:
+    from hass_sglang.checkpoint import load_draft, read_draft_metadata
+    from hass_sglang.target import load_target
+
+    target = load_target(args.target)
+    head = load_draft(args.draft, target.config)
+    n = sum(p.numel() for p in head.parameters())
+    hot = "full" if head.hot_token_ids is None else str(head.hot_token_ids.numel())
+    print(f"ok: {head.head_type} head, {n / 1e6:.1f}M parameters, draft vocabulary {hot}, fits {target.path}")
+    meta = read_draft_metadata(args.draft)
+    if meta:
+        print(f"metadata: {meta}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from hass_sglang.checkpoint import import_reference
+    from hass_sglang.target import load_target
+
+    target = load_target(args.target)
+    out = import_reference(args.src, args.out, target.config)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hass_sglang.eval_sets import EVAL_SETS
+    from hass_sglang.target import EMBEDDED_TARGET
+
+    p = argparse.ArgumentParser(prog="hass", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="vanilla vs speculative decoding: tokens/s and tau")
+    g.add_argument("--target", default=EMBEDDED_TARGET, help="embedded alias, HF folder, .gguf file or hub id")
+    g.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
+    g.add_argument("--head", choices=("eagle", "mtp"), default="eagle", help="head type for --draft random")
+    g.add_argument("--prompt", help="one user message instead of the eval sets")
+    g.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
+    g.add_argument("--per-set", type=int, default=1, help="questions per eval set")
+    g.add_argument("--max-new-tokens", type=int, default=96)
+    g.add_argument("--num-steps", type=int, default=6, help="draft tree depth")
+    g.add_argument("--topk", type=int, default=10, help="draft tree branching")
+    g.add_argument("--num-draft-tokens", type=int, default=60, help="tokens verified per cycle (root included)")
+    g.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="target dtype (drafts run in bf16)")
+    g.add_argument("--threads", type=int, default=2)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("check-draft", help="validate a draft folder against a target")
+    c.add_argument("draft")
+    c.add_argument("--target", default=EMBEDDED_TARGET)
+    c.set_defaults(func=cmd_check_draft)
+
+    v = sub.add_parser("convert", help="HASS reference release folder -> SGLang EAGLE draft folder")
+    v.add_argument("src")
+    v.add_argument("out")
+    v.add_argument("--target", default=EMBEDDED_TARGET)
+    v.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (HassError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The evaluation question sets (FastChat question format), read from disk, never vendored.
+
+The six sets of the EAGLE/HASS papers live in `../shared/data/eagle_eval/<name>_question.jsonl`
+beside the checkout (CI has them there too); HASS_DATA_DIR points elsewhere. Any FastChat-format
+file (question_id, turns[, category]) can be read with `load_questions(path)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hass_sglang.errors import HassError
+
+EVAL_SETS: tuple[str, ...] = ("mt_bench", "humaneval", "gsm8k", "alpaca", "qa", "sum")
+
+
+class DatasetError(HassError):
+    """A question file is missing or malformed (the message names the file and line)."""
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str
+    category: str
+    turns: tuple[str, ...]
+
+
+def shared_data_dir() -> Path:
+    """HASS_DATA_DIR, else the `shared/data` folder next to the checkout (or the working dir)."""
+    if os.environ.get("HASS_DATA_DIR"):
+        return Path(os.environ["HASS_DATA_DIR"])
+    here = Path(__file__).resolve().parent.parent
+    for base in (here, Path.cwd()):
+        for cand in (base.parent / "shared" / "data", base / "shared" / "data"):
+            if cand.is_dir():
+                return cand
+    raise DatasetError("no shared data folder: set HASS_DATA_DIR to the folder holding eagle_eval/")
+
+
+def question_file(name_or_path: str) -> Path:
+    if name_or_path in EVAL_SETS:
+        return shared_data_dir() / "eagle_eval" / f"{name_or_path}_question.jsonl"
+    return Path(name_or_path)
+
+
+def load_questions(name_or_path: str, limit: int | None = None) -> list[Question]:
+    """Questions of a named eval set or a FastChat-format JSONL file, in file order."""
+    path = question_file(name_or_path)
+    if not path.is_file():
+        raise DatasetError(f"question file not found: {path}")
+    out: list[Question] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            turns = rec.get("turns") if isinstance(rec, dict) else None
+            if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+                raise DatasetError(f"{path}:{lineno}: 'turns' must be a non-empty list of non-empty strings")
+            if "question_id" not in rec:
+                raise DatasetError(f"{path}:{lineno}: missing 'question_id'")
+            out.append(Question(str(rec["question_id"]), str(rec.get("category", "")), tuple(turns)))
+            if limit is not None and len(out) >= limit:
+                break
+    if not out:
+        raise DatasetError(f"{path}: no questions")
+    return out

@@ -1,0 +1,48 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hass_sglang.checkpoint import save_draft
+from hass_sglang.heads import build_head
+
+HASS = [sys.executable, "-m", "hass_sglang.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args):
+    return subprocess.run([*HASS, *args], capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def test_generate_one_prompt_prints_text_and_table():
+    r = run("generate", "--prompt", "What is the capital of France?", "--max-new-tokens", "12",
+            "--draft", "random", "--num-steps", "3", "--topk", "2", "--num-draft-tokens", "4", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "| vanilla | prompt |" in r.stdout and "| hass | prompt |" in r.stdout
+
+
+def test_check_draft_accepts_a_good_folder_and_refuses_a_bad_one(tmp_path, target):
+    good = save_draft(build_head("mtp", target.config, seed=0), tmp_path / "good", target.config)
+    r = run("check-draft", str(good))
+    assert r.returncode == 0 and "ok: mtp head" in r.stdout, r.stderr
+    cfg = json.loads((good / "config.json").read_text())
+    (good / "config.json").write_text(json.dumps({**cfg, "hidden_size": 1024}))
+    r = run("check-draft", str(good))
+    assert r.returncode == 2 and "hidden_size: draft 1024 != target 576" in r.stderr
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    r = run("generate", "--target", str(tmp_path / "nope"), "--prompt", "hi")
+    assert r.returncode == 2 and "unknown model" in r.stderr
+    r = run("generate", "--prompt", "   ", "--draft", "random")
+    assert r.returncode == 2 and "empty prompt" in r.stderr
+    r = run("generate", "--prompt", "hi", "--max-new-tokens", "0", "--draft", "random")
+    assert r.returncode == 2 and "max_new_tokens" in r.stderr
+    r = run("generate", "--prompt", "hi", "--num-draft-tokens", "1000", "--draft", "random")
+    assert r.returncode == 2 and "num_draft_tokens must be in" in r.stderr
+    r = run("check-draft", str(tmp_path))
+    assert r.returncode == 2 and "has no config.json" in r.stderr

@@ -1,0 +1,72 @@
+"""Lossless at temperature 0: speculative token ids == vanilla greedy ids, fp32, real target.
+
+30 prompts (5 from each of the six eval sets, chat template applied), 128 new tokens, random
+drafts (the hardest case for the cache bookkeeping: nearly every cycle rejects the whole tree),
+three tree shapes; plus an MTP head and a reduced draft vocabulary. One test item per eval set so
+that pytest-xdist can spread them over both cores.
+"""
+
+import pytest
+import torch
+
+from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.evaluate import eval_prompts
+from hass_sglang.generate import generate_vanilla
+from hass_sglang.heads import build_head
+from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+from hass_sglang.tree import chain_tree
+
+pytestmark = pytest.mark.slow
+NEW_TOKENS = 128
+PROMPTS_PER_SET = 5
+TREES = {
+    "chain": TreeConfig.chain(4),
+    "small_tree": TreeConfig(num_steps=3, topk=3, num_draft_tokens=8),
+    "paper_default": TreeConfig(num_steps=6, topk=10, num_draft_tokens=60),
+}
+
+
+@pytest.mark.parametrize("eval_set", EVAL_SETS)
+def test_random_drafts_are_lossless(target, eval_set):
+    prompts = eval_prompts(target, [eval_set], per_set=PROMPTS_PER_SET)
+    assert len(prompts) == PROMPTS_PER_SET
+    decoders = {name: SpeculativeDecoder(target, build_head("eagle", target.config, seed=0), tree) for name, tree in TREES.items()}
+    hot = torch.randperm(target.config.vocab_size, generator=torch.Generator().manual_seed(0))[:4096]
+    extra = {
+        "mtp": SpeculativeDecoder(target, build_head("mtp", target.config, seed=1), TREES["small_tree"]),
+        "hot_vocab": SpeculativeDecoder(target, build_head("eagle", target.config, hot, seed=2), TREES["small_tree"]),
+    }
+    full_length = 0
+    for i, (_, qid, ids) in enumerate(prompts):
+        want = generate_vanilla(target, ids, NEW_TOKENS).tokens
+        full_length += len(want) == NEW_TOKENS
+        runs = dict(decoders)
+        runs.update({name: dec for j, (name, dec) in enumerate(extra.items()) if i == j})
+        for name, dec in runs.items():
+            got = dec.generate(ids, NEW_TOKENS)
+            assert got.tokens == want, f"{name}: {eval_set}/{qid} diverged from vanilla greedy"
+            assert got.target_forwards == 1 + len(got.accept_lengths)
+            assert sum(got.accept_lengths) == len(got.tokens) - 1
+    assert full_length >= 3  # most answers run the full 128 tokens (no early EOS)
+
+
+class OracleDecoder(SpeculativeDecoder):
+    """Proposes the target's own greedy continuation as a chain: every draft token must be accepted."""
+
+    def __init__(self, target, prompt_len, continuation, tree):
+        super().__init__(target, build_head("eagle", target.config, seed=0), tree)
+        self.prompt_len, self.continuation = prompt_len, continuation
+
+    def _grow_tree(self, root_token, root_feature, root_pos):
+        i = root_pos - self.prompt_len  # index of the root in the continuation
+        return chain_tree(root_token, torch.tensor(self.continuation[i + 1 : i + 1 + self.tree_config.num_steps]))
+
+
+def test_correct_drafts_are_accepted_in_full(target):
+    ids = target.chat_prompt_ids("Write a short story about a lighthouse keeper.")
+    want = generate_vanilla(target, ids, 41).tokens
+    assert len(want) == 41
+    got = OracleDecoder(target, len(ids), want, TreeConfig.chain(4)).generate(ids, 41)
+    assert got.tokens == want
+    assert got.accept_lengths == [5] * 8  # prefill token + 8 cycles of 4 accepted + 1 bonus
+    assert got.tau == 41 / 9
