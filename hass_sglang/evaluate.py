@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from tqdm import tqdm
 
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
 from hass_sglang.generate import GenerationResult, generate_vanilla
+from hass_sglang.sampling import SamplingParams
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.target import Target
 
@@ -36,17 +38,24 @@ def eval_prompts(target: Target, sets=EVAL_SETS, per_set: int = 2) -> list[tuple
 
 def run_side_by_side(
     target: Target,
-    decoders: dict[str, SpeculativeDecoder],
+    decoders: dict[str, SpeculativeDecoder | tuple[SpeculativeDecoder, str]],
     prompts: list[tuple[str, str, list[int]]],
     max_new_tokens: int,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
     progress: bool = True,
 ) -> list[PromptRun]:
+    """Vanilla and every decoder (optionally with its verification method) on each prompt in turn.
+    At T > 0 every method gets its own generator seeded with `seed` + prompt index."""
     runs = []
-    for eval_set, qid, ids in tqdm(prompts, desc="prompts", disable=not progress):
+    for i, (eval_set, qid, ids) in enumerate(tqdm(prompts, desc="prompts", disable=not progress)):
         run = PromptRun(eval_set, qid, len(ids))
-        run.results["vanilla"] = generate_vanilla(target, ids, max_new_tokens)
-        for name, dec in decoders.items():
-            run.results[name] = dec.generate(ids, max_new_tokens)
+        gen = torch.Generator().manual_seed(seed + i)
+        run.results["vanilla"] = generate_vanilla(target, ids, max_new_tokens, sampling, gen)
+        for name, spec in decoders.items():
+            dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
+            gen = torch.Generator().manual_seed(seed + i)
+            run.results[name] = dec.generate(ids, max_new_tokens, sampling, verify=method, generator=gen)
         runs.append(run)
     return runs
 

@@ -54,6 +54,11 @@ def check_request(prompt_ids, max_new_tokens: int, max_context: int) -> list[int
     return ids
 
 
+def stop_ids(target: Target, ignore_eos: bool) -> set[int]:
+    """EOS ids that end a generation (none with ignore_eos, as SGLang's sampling param of that name)."""
+    return set() if ignore_eos else target.eos_token_ids
+
+
 def truncate_output(tokens: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], bool]:
     """Cut at max_new_tokens and after the first EOS; returns (tokens, finished)."""
     for i, t in enumerate(tokens[:max_new_tokens]):
@@ -70,11 +75,12 @@ def generate_vanilla(
     max_new_tokens: int,
     sampling: SamplingParams | None = None,
     generator: torch.Generator | None = None,
+    ignore_eos: bool = False,
 ) -> GenerationResult:
     """One target forward per token: the reference output and the speed baseline."""
     sampling = sampling or SamplingParams()
     ids = check_request(prompt_ids, max_new_tokens, target.max_context)
-    eos = target.eos_token_ids
+    eos = stop_ids(target, ignore_eos)
     start = time.perf_counter()
     cache = new_cache()
     x = torch.tensor([ids], device=target.device)
