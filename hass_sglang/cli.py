@@ -3,6 +3,8 @@
   hass generate      vanilla vs speculative decoding on the eval sets: tokens/s and tau (main job)
   hass check-draft   validate a draft folder against a target
   hass convert       HASS reference release -> SGLang EAGLE draft folder
+  hass data          chat data (local JSON/JSONL or hub dataset) -> ShareGPT JSON
+  hass features      ShareGPT JSON -> target features (sharded safetensors + manifest, resumable)
 """
 
 from __future__ import annotations
@@ -100,6 +102,34 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from hass_sglang.data import convert
+
+    report = convert(args.source, args.preset, args.out, args.limit, args.split, args.subset)
+    skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "none"
+    print(f"wrote {args.out}: {report.kept} conversations; skipped: {skipped}"
+          + ("; source file truncated, complete records kept" if report.truncated_source else ""))
+    return 0
+
+
+def cmd_features(args) -> int:
+    import torch
+
+    from hass_sglang.features import FeatureConfig, extract_features
+    from hass_sglang.target import load_target
+
+    torch.set_num_threads(args.threads)
+    cfg = FeatureConfig(
+        data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
+        batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), dtype=args.dtype,
+    )
+    target = load_target(args.target, dtype=_torch_dtype(args.target_dtype))
+    m = extract_features(target, cfg, args.out)
+    print(f"{args.out}: {m['samples']} samples, {m['tokens']} tokens ({m['loss_tokens']} in the loss), "
+          f"{m['truncated']} truncated, skipped {m['skipped'] or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hass_sglang.eval_sets import EVAL_SETS
     from hass_sglang.target import EMBEDDED_TARGET
@@ -132,6 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("out")
     v.add_argument("--target", default=EMBEDDED_TARGET)
     v.set_defaults(func=cmd_convert)
+    from hass_sglang.data import PRESETS
+
+    d = sub.add_parser("data", help="chat data -> ShareGPT JSON")
+    d.add_argument("--source", required=True, help="local .json/.jsonl file or hub dataset id")
+    d.add_argument("--preset", required=True, choices=PRESETS)
+    d.add_argument("--out", required=True)
+    d.add_argument("--limit", type=int, help="keep at most this many conversations")
+    d.add_argument("--split", default="train")
+    d.add_argument("--subset")
+    d.set_defaults(func=cmd_data)
+
+    f = sub.add_parser("features", help="ShareGPT JSON -> target features (resumable)")
+    f.add_argument("--data", required=True, help="ShareGPT JSON from `hass data`")
+    f.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    f.add_argument("--target", default=EMBEDDED_TARGET)
+    f.add_argument("--max-length", type=int, default=512)
+    f.add_argument("--shard-size", type=int, default=64, help="conversations per shard")
+    f.add_argument("--batch-tokens", type=int, default=4096)
+    f.add_argument("--extra-layers", type=int, nargs="*", default=[], help="hidden_states indices to store too")
+    f.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the features")
+    f.add_argument("--target-dtype", choices=DTYPES, default="float32")
+    f.add_argument("--threads", type=int, default=2)
+    f.set_defaults(func=cmd_features)
     return p
 
 

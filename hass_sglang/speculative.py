@@ -5,7 +5,9 @@ transformers target. One cycle:
 
 1. grow a draft tree from the root (the last emitted token) with the head (`tree.py`);
 2. one target forward over the tree with a tree attention mask (`masks.py`);
-3. verify (`verify.py`), keep only the accepted path in the target KV cache (`kv_cache.py`);
+3. verify (`verify.py`: greedy at T = 0; specinfer / rrs / hsd at T > 0, each with the tree it
+   needs to be exact, see docs/verification.md), keep only the accepted path in the target KV
+   cache (`kv_cache.py`);
 4. feed the accepted tokens with their real target features to the head (draft extend).
 
 Positions follow SGLang's EAGLE convention: the head's pair (token x_{t+1}, feature f_t) sits at
@@ -70,9 +72,9 @@ class SpeculativeDecoder:
         tree: TreeConfig | None = None,
         draft_dtype: torch.dtype | None = torch.bfloat16,
     ):
-        """draft_dtype: the head's compute dtype (None = the target's). The draft only proposes
-        tokens, so its precision never affects the output; bf16 makes the full-vocabulary draft
-        lm_head ~5x cheaper than fp32 on AVX-512 CPUs."""
+        """draft_dtype: the head's compute dtype (None = the target's); the head is moved to it in
+        place. The draft only proposes tokens, so its precision never affects the output; bf16
+        makes the full-vocabulary draft lm_head ~5x cheaper than fp32 on AVX-512 CPUs."""
         if head.hidden_size != target.config.hidden_size:
             raise CheckpointMismatchError(
                 f"draft hidden size {head.hidden_size} != target hidden size {target.config.hidden_size}"

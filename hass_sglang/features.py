@@ -1,0 +1,165 @@
+"""Target features for draft training: ShareGPT JSON -> sharded safetensors + manifest.
+
+Each conversation is tokenized with the target's chat template (assistant-only loss mask, see
+`data.py`), run through the frozen target, and stored as: input_ids (int32), loss_mask (uint8)
+and the post-norm last hidden state (the feature the heads predict; optionally extra layers for
+EAGLE-3-style fusion). Samples are concatenated per shard with an `offsets` index.
+
+Resumable: a shard is written atomically and only then recorded in manifest.json (also written
+atomically); a restarted run skips the conversations of recorded shards, so a kill loses at most
+the shard in progress and never duplicates one. The manifest records the config, package
+versions, counts and every skipped record with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import Counter
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from hass_sglang.data import load_sharegpt, tokenize_conversation
+from hass_sglang.errors import HassError
+from hass_sglang.target import Target
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class FeatureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str
+    target: str
+    max_length: int = 512
+    shard_size: int = 64  # conversations per shard
+    batch_tokens: int = 4096  # tokens per target forward (padded batch)
+    extra_layers: tuple[int, ...] = ()  # hidden_states indices to store besides the final feature
+    dtype: str = "float32"  # storage dtype of features
+
+
+def _versions() -> dict:
+    import transformers
+
+    import hass_sglang
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "hass_sglang": hass_sglang.__version__, "python": platform.python_version()}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@torch.no_grad()
+def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, ...]) -> list[dict]:
+    """Right-padded batch forward; returns per-sample tensors trimmed to their lengths."""
+    longest = max(len(x) for x in batch)
+    ids = torch.zeros(len(batch), longest, dtype=torch.long)
+    att = torch.zeros(len(batch), longest, dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        att[i, : len(x)] = 1
+    out = target.model.model(
+        input_ids=ids.to(target.device), attention_mask=att.to(target.device),
+        output_hidden_states=bool(extra_layers), use_cache=False,
+    )
+    res = []
+    for i, x in enumerate(batch):
+        n = len(x)
+        item = {"hidden": out.last_hidden_state[i, :n].float().cpu()}
+        for layer in extra_layers:
+            item[f"layer_{layer}"] = out.hidden_states[layer][i, :n].float().cpu()
+        res.append(item)
+    return res
+
+
+def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) feature extraction; returns the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out_dir)
+    if manifest is not None and manifest["config"] != cfg.model_dump(mode="json"):
+        raise HassError(f"{out_dir} holds features made with a different config; use a new folder")
+    if manifest is None:
+        manifest = {"format_version": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "versions": _versions(),
+                    "hidden_size": int(target.config.hidden_size), "vocab_size": int(target.config.vocab_size),
+                    "shards": [], "skipped": {}, "truncated": 0, "samples": 0, "tokens": 0, "loss_tokens": 0,
+                    "complete": False}
+    convs = load_sharegpt(cfg.data)
+    done = sum(s["conversations"] for s in manifest["shards"])
+    storage = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    bar = tqdm(total=len(convs), initial=done, desc="features", disable=not progress)
+    while done < len(convs):
+        chunk = convs[done : done + cfg.shard_size]
+        samples, skipped, truncated = [], Counter(), 0
+        for conv in chunk:
+            ids, mask, cut = tokenize_conversation(target.tokenizer, conv, cfg.max_length)
+            truncated += cut
+            if sum(mask) == 0:
+                skipped["no assistant tokens within max_length"] += 1
+                continue
+            samples.append((conv.id, ids, mask))
+        tensors: dict[str, list[torch.Tensor]] = {}
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i][1]))
+        feats: dict[int, dict] = {}
+        i = 0
+        while i < len(order):  # length-sorted batches bounded by batch_tokens
+            j = i + 1
+            while j < len(order) and (j - i + 1) * len(samples[order[j]][1]) <= cfg.batch_tokens:
+                j += 1
+            batch = [samples[k][1] for k in order[i:j]]
+            for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers)):
+                feats[k] = f
+            i = j
+        lengths = [len(s[1]) for s in samples]
+        for k, (_, ids, mask) in enumerate(samples):
+            tensors.setdefault("input_ids", []).append(torch.tensor(ids, dtype=torch.int32))
+            tensors.setdefault("loss_mask", []).append(torch.tensor(mask, dtype=torch.uint8))
+            for name, t in feats[k].items():
+                tensors.setdefault(name, []).append(t.to(storage))
+        index = len(manifest["shards"])
+        name = f"shard-{index:05d}.safetensors"
+        if samples:
+            flat = {k: torch.cat(v) for k, v in tensors.items()}
+            flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+            save_file(flat, str(tmp), metadata={"ids": json.dumps([s[0] for s in samples])})
+            os.replace(tmp, out_dir / name)
+        manifest["shards"].append({"file": name if samples else None, "conversations": len(chunk), "samples": len(samples)})
+        for why, n in skipped.items():
+            manifest["skipped"][why] = manifest["skipped"].get(why, 0) + n
+        manifest["truncated"] += truncated
+        manifest["samples"] += len(samples)
+        manifest["tokens"] += sum(lengths)
+        manifest["loss_tokens"] += sum(sum(s[2]) for s in samples)
+        _write_json_atomic(out_dir / MANIFEST, manifest)
+        done += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    manifest["complete"] = True
+    _write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_shard(out_dir: str | Path, entry: dict, hidden_size: int | None = None) -> list[dict]:
+    """Samples of one shard as dicts of tensors; checks the feature width against `hidden_size`."""
+    flat = load_file(str(Path(out_dir) / entry["file"]))
+    if hidden_size is not None and flat["hidden"].shape[-1] != hidden_size:
+        raise HassError(f"features in {entry['file']} have hidden size {flat['hidden'].shape[-1]}, model has {hidden_size}")
+    off = flat["offsets"].tolist()
+    keys = [k for k in flat if k != "offsets"]
+    return [{k: flat[k][off[i] : off[i + 1]] for k in keys} for i in range(len(off) - 1)]

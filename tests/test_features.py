@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+import hass_sglang.features as features
+from hass_sglang.data import convert
+from hass_sglang.errors import HassError
+from hass_sglang.eval_sets import shared_data_dir
+from hass_sglang.features import FeatureConfig, extract_features, load_shard, read_manifest
+from hass_sglang.kv_cache import new_cache
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "gsm8k.json"
+    convert(str(shared_data_dir() / "gsm8k" / "train.jsonl"), "gsm8k", out, limit=7)
+    return out
+
+
+def all_samples(out_dir, hidden_size):
+    m = read_manifest(out_dir)
+    return [s for e in m["shards"] if e["file"] for s in load_shard(out_dir, e, hidden_size)]
+
+
+def test_features_match_an_unbatched_forward_and_manifest_counts(tmp_path, target, small_data):
+    cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=96, shard_size=3, batch_tokens=256)
+    m = extract_features(target, cfg, tmp_path / "f", progress=False)
+    assert m["complete"] and m["samples"] == 7 and len(m["shards"]) == 3
+    assert m["truncated"] > 0 and m["versions"]["torch"] == torch.__version__
+    samples = all_samples(tmp_path / "f", 576)
+    assert sum(len(s["input_ids"]) for s in samples) == m["tokens"]
+    s = samples[0]
+    ids = s["input_ids"].long()[None]
+    want = target.hidden(ids, torch.arange(ids.shape[1])[None], new_cache())[0]
+    assert torch.allclose(s["hidden"], want, atol=1e-4)
+    assert s["loss_mask"].sum() > 0 and s["loss_mask"][0] == 0
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, target, small_data, monkeypatch):
+    cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=128, shard_size=2, batch_tokens=256)
+    full = extract_features(target, cfg, tmp_path / "full", progress=False)
+    assert full["samples"] == 7 and len(full["shards"]) == 4
+    real = features._features
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill in the middle of the second shard
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "_features", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(target, cfg, tmp_path / "resumed", progress=False)
+    partial = read_manifest(tmp_path / "resumed")
+    assert not partial["complete"] and 0 < len(partial["shards"]) < len(full["shards"])
+    monkeypatch.setattr(features, "_features", real)
+    resumed = extract_features(target, cfg, tmp_path / "resumed", progress=False)
+    for key in ("samples", "tokens", "loss_tokens", "truncated", "skipped"):
+        assert resumed[key] == full[key]
+    a, b = all_samples(tmp_path / "full", 576), all_samples(tmp_path / "resumed", 576)
+    assert len(a) == len(b) and all(torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["hidden"], y["hidden"]) for x, y in zip(a, b))
+    assert not list((tmp_path / "resumed").glob(".*tmp*"))
+
+
+def test_config_change_and_hidden_size_mismatch_are_refused(tmp_path, target, small_data):
+    cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=128, shard_size=7)
+    extract_features(target, cfg, tmp_path / "f", progress=False)
+    with pytest.raises(HassError, match="different config"):
+        extract_features(target, cfg.model_copy(update={"max_length": 129}), tmp_path / "f", progress=False)
+    entry = read_manifest(tmp_path / "f")["shards"][0]
+    with pytest.raises(HassError, match="hidden size 576, model has 4096"):
+        load_shard(tmp_path / "f", entry, 4096)
+    with pytest.raises(Exception):
+        FeatureConfig(data="x", target="y", max_lenght=3)
