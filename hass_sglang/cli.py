@@ -5,6 +5,7 @@
   hass convert       HASS reference release -> SGLang EAGLE draft folder
   hass data          chat data (local JSON/JSONL or hub dataset) -> ShareGPT JSON
   hass features      ShareGPT JSON -> target features (sharded safetensors + manifest, resumable)
+  hass train         EAGLE-2 / HASS training of an EAGLE or MTP head on features (resumable)
 """
 
 from __future__ import annotations
@@ -130,6 +131,23 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+
+    from hass_sglang.target import load_target
+    from hass_sglang.trainer import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
+        topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
+    )
+    export = train(cfg, load_target(args.target))
+    print(f"draft written to {export}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hass_sglang.eval_sets import EVAL_SETS
     from hass_sglang.target import EMBEDDED_TARGET
@@ -185,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--target-dtype", choices=DTYPES, default="float32")
     f.add_argument("--threads", type=int, default=2)
     f.set_defaults(func=cmd_features)
+
+    t = sub.add_parser("train", help="train a draft head on features (re-run to resume)")
+    t.add_argument("--features", required=True)
+    t.add_argument("--out", required=True, help="run folder: checkpoint.pt, train_config.json, draft/")
+    t.add_argument("--target", default=EMBEDDED_TARGET)
+    t.add_argument("--head", choices=("eagle", "mtp"), default="eagle")
+    t.add_argument("--objective", choices=("eagle2", "hass"), default="hass")
+    t.add_argument("--align-steps", type=int, default=3, help="HASS aligning steps")
+    t.add_argument("--topk", type=int, default=10, help="HASS top-K distillation K")
+    t.add_argument("--topk-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
+    t.add_argument("--init-from", help="existing draft folder to continue from")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.set_defaults(func=cmd_train)
     return p
 
 

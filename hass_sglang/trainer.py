@@ -1,0 +1,206 @@
+"""`hass train`: EAGLE-2 / HASS training of a draft head on extracted features, resumable.
+
+One process on CPU (multi-GPU through torchrun is not wired up yet). The frozen target contributes
+its embedding and lm_head only; the body's work was done once by `hass features`.
+
+State saved after every epoch (atomically, `checkpoint/`): head, optimizer, scheduler, epoch and
+the metrics so far; the data order of epoch e is a function of (seed, e), so a run killed and
+resumed reaches the same state as an uninterrupted one. The final head is exported as an
+SGLang-loadable draft folder (`checkpoint.save_draft`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, model_validator
+from tqdm import tqdm
+
+from hass_sglang.checkpoint import load_draft, save_draft
+from hass_sglang.errors import HassError
+from hass_sglang.features import load_shard, read_manifest
+from hass_sglang.heads import build_head
+from hass_sglang.training import aligned_forward, step_losses, step_weight
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: str
+    out: str
+    head: Literal["eagle", "mtp"] = "eagle"
+    objective: Literal["eagle2", "hass"] = "hass"
+    align_steps: int = 3  # HASS aligning steps n (eagle2 always uses 1)
+    topk: int = 10  # HASS K
+    topk_weight: float = 1.0  # HASS w
+    ce_weight: float = 0.1  # EAGLE's classification weight
+    regression_weight: float = 1.0
+    init_from: str | None = None  # continual training from an existing draft folder
+    epochs: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 0.5
+    warmup_steps: int = 0
+    batch_size: int = 4  # sequences per step
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.align_steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.topk < 1:
+            raise ValueError("align_steps, epochs, batch_size and topk must be >= 1")
+        return self
+
+    @property
+    def steps(self) -> int:
+        return self.align_steps if self.objective == "hass" else 1
+
+
+def _load_samples(features_dir: Path, hidden_size: int) -> list[dict]:
+    manifest = read_manifest(features_dir)
+    if manifest is None or not manifest.get("complete"):
+        raise HassError(f"{features_dir}: no complete feature set (run or resume `hass features` first)")
+    if manifest["hidden_size"] != hidden_size:
+        raise HassError(f"features in {features_dir} have hidden size {manifest['hidden_size']}, the target has {hidden_size}")
+    return [s for e in manifest["shards"] if e["file"] for s in load_shard(features_dir, e, hidden_size)]
+
+
+def _batch(samples: list[dict]) -> dict[str, torch.Tensor]:
+    t = max(len(s["input_ids"]) for s in samples)
+    b = len(samples)
+    h = samples[0]["hidden"].shape[-1]
+    out = {
+        "input_ids": torch.zeros(b, t, dtype=torch.long),
+        "loss_mask": torch.zeros(b, t, dtype=torch.float32),
+        "valid": torch.zeros(b, t, dtype=torch.bool),
+        "hidden": torch.zeros(b, t, h, dtype=torch.float32),
+    }
+    for i, s in enumerate(samples):
+        n = len(s["input_ids"])
+        out["input_ids"][i, :n] = s["input_ids"].long()
+        out["loss_mask"][i, :n] = s["loss_mask"].float()
+        out["valid"][i, :n] = True
+        out["hidden"][i, :n] = s["hidden"].float()
+    return out
+
+
+def batch_loss(head, embed, lm_weight, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one batch over all aligning steps, and per-step metrics."""
+    ids, feats, valid = batch["input_ids"], batch["hidden"], batch["valid"]
+    # the pair at t sees x_{t+1}; the last position gets a dummy token and is never counted
+    next_ids = torch.cat((ids[:, 1:], ids[:, -1:]), dim=1)
+    with torch.no_grad():
+        embeds_next = embed(next_ids).float()
+        nxt = torch.cat((feats[:, 1:], feats[:, -1:]), dim=1)
+        target_logits_next = torch.nn.functional.linear(nxt, lm_weight).float()
+    outs = aligned_forward(head, embeds_next, feats, valid, cfg.steps)
+    total = torch.zeros(())
+    metrics: dict[str, float] = {}
+    for j, out in enumerate(outs, 1):
+        w = step_weight(batch["loss_mask"], valid, j)
+        parts = step_losses(out, feats, target_logits_next, lm_weight, w, cfg.topk, cfg.objective == "hass")
+        loss = cfg.regression_weight * parts["regression"] + cfg.ce_weight * parts["ce"]
+        if "topk" in parts:
+            loss = loss + cfg.topk_weight * parts["topk"]
+        total = total + loss
+        for k, v in parts.items():
+            metrics[f"step{j}/{k}"] = float(v.detach())
+    total = total / len(outs)
+    metrics["loss"] = float(total.detach())
+    return total, metrics
+
+
+@torch.no_grad()
+def init_for_training(head):
+    """Start a fresh head as a near-identity on the feature path: the input projection passes the
+    previous feature through ([small random | identity]) and the attention and MLP outputs start at
+    zero, so the first prediction of f_{t+1} is f_t. (A fully random start, or the target's last
+    layer copied as-is, trains far worse: ../shared/notes/cpu-calibration.md.)"""
+    h = head.hidden_size
+    proj = head.fc if head.head_type == "eagle" else head.eh_proj
+    proj.weight[:, :h].normal_(0.0, 0.02)
+    proj.weight[:, h:].copy_(torch.eye(h))
+    if proj.bias is not None:
+        proj.bias.zero_()
+    for layer in head.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    return head
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
+    """Train (or resume) and export; returns the exported draft folder."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    cfg_file = out / "train_config.json"
+    if cfg_file.is_file() and json.loads(cfg_file.read_text()) != cfg.model_dump(mode="json"):
+        raise HassError(f"{out} holds a run with a different config; use a new --out")
+    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+
+    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size))
+    if cfg.init_from:
+        head = load_draft(cfg.init_from, target.config)
+        if head.head_type != cfg.head:
+            raise HassError(f"--init-from {cfg.init_from} is a {head.head_type} head, not {cfg.head}")
+    else:
+        head = init_for_training(build_head(cfg.head, target.config, seed=cfg.seed))
+    head.float().train()
+    embed = target.embed_tokens
+    lm_weight = target.lm_head.weight.detach().float()
+    steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:  # linear warmup, cosine decay
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start_epoch, history = 0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for i in bar:
+            batch = _batch([samples[k] for k in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
+            loss, metrics = batch_loss(head, embed, lm_weight, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['step1/top1']:.3f}")
+        history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        _save_state(ckpt, {"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                           "epoch": epoch + 1, "history": history})
+    seconds = time.perf_counter() - t_start
+    export = out / "draft"
+    save_draft(head.eval(), export, target.config, metadata={
+        "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(samples),
+        "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),
+    })
+    return export
+

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+import hass_sglang.trainer as trainer
+from hass_sglang.checkpoint import load_draft, read_draft_metadata
+from hass_sglang.data import convert
+from hass_sglang.errors import HassError
+from hass_sglang.eval_sets import shared_data_dir
+from hass_sglang.features import FeatureConfig, extract_features
+from hass_sglang.trainer import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory, target):
+    root = tmp_path_factory.mktemp("train")
+    convert(str(shared_data_dir() / "gsm8k" / "train.jsonl"), "gsm8k", root / "d.json", limit=8)
+    extract_features(target, FeatureConfig(data=str(root / "d.json"), target="smollm2", max_length=112), root / "f", progress=False)
+    return root / "f"
+
+
+def cfg(feats, out, **kw):
+    base = dict(features=str(feats), out=str(out), epochs=2, batch_size=4, lr=3e-4, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("head, objective", [("eagle", "hass"), ("mtp", "eagle2")])
+def test_training_learns_and_exports_a_loadable_draft(tmp_path, target, feats, head, objective):
+    export = train(cfg(feats, tmp_path / "run", head=head, objective=objective, epochs=3), target, progress=False)
+    meta = read_draft_metadata(export)
+    hist = meta["history"]
+    assert meta["objective"] == objective and len(hist) == 3
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert hist[-1]["step1/top3"] > hist[0]["step1/top3"]
+    steps = 3 if objective == "hass" else 1
+    assert f"step{steps}/top3" in hist[0] and ("step1/topk" in hist[0]) == (objective == "hass")
+    assert load_draft(export, target.config).head_type == head
+
+
+def test_killed_run_resumes_to_the_same_state(tmp_path, target, feats, monkeypatch):
+    full = train(cfg(feats, tmp_path / "full"), target, progress=False)
+    real = trainer.batch_loss
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # first step of epoch 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "batch_loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(feats, tmp_path / "resumed"), target, progress=False)
+    monkeypatch.setattr(trainer, "batch_loss", real)
+    resumed = train(cfg(feats, tmp_path / "resumed"), target, progress=False)
+    a, b = load_draft(full, target.config).state_dict(), load_draft(resumed, target.config).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_draft_metadata(full)["history"] == read_draft_metadata(resumed)["history"]
+
+
+def test_continual_training_and_bad_config(tmp_path, target, feats):
+    first = train(cfg(feats, tmp_path / "a", head="mtp", objective="eagle2", epochs=1), target, progress=False)
+    cont = train(cfg(feats, tmp_path / "b", head="mtp", objective="hass", epochs=1, init_from=str(first), lr=1e-4), target, progress=False)
+    assert read_draft_metadata(cont)["init_from"] == str(first)
+    with pytest.raises(HassError, match="is a mtp head, not eagle"):
+        train(cfg(feats, tmp_path / "c", head="eagle", init_from=str(first)), target, progress=False)
+    with pytest.raises(HassError, match="different config"):
+        train(cfg(feats, tmp_path / "a", head="mtp", objective="eagle2", epochs=3), target, progress=False)
+    with pytest.raises(Exception):
+        TrainConfig(features="f", out="o", objectiv="hass")
