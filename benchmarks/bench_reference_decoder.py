@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from hass_sglang.cli import DTYPES, _load_head, _torch_dtype
-from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.cli import add_eval_args, load_head, torch_dtype
 from hass_sglang.evaluate import eval_prompts, format_table, run_side_by_side, summarize
 from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
-from hass_sglang.target import EMBEDDED_TARGET, load_target
+from hass_sglang.target import load_target
 
 
 def parse_tree(spec: str) -> TreeConfig:
@@ -36,21 +35,14 @@ def parse_tree(spec: str) -> TreeConfig:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=EMBEDDED_TARGET)
-    p.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
-    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle")
-    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
-    p.add_argument("--per-set", type=int, default=2)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    add_eval_args(p, per_set=2, max_new_tokens=96)
     p.add_argument("--trees", nargs="+", default=["4,1,5", "6,10,60"], help="num_steps,topk,num_draft_tokens ...")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write per-prompt results here")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=_torch_dtype(args.dtype))
-    head = _load_head(args.draft, args.head, target)
+    target = load_target(args.target, dtype=torch_dtype(args.dtype))
+    head = load_head(args.draft, args.head, target)
     decoders = {f"tree {spec}": SpeculativeDecoder(target, head, parse_tree(spec)) for spec in args.trees}
     prompts = eval_prompts(target, args.sets, args.per_set)
     runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens)

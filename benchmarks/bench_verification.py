@@ -15,36 +15,28 @@ import sys
 
 import torch
 
-from hass_sglang.cli import DTYPES, _load_head, _torch_dtype
-from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.cli import add_eval_args, load_head, torch_dtype
 from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
 from hass_sglang.sampling import make_sampling
 from hass_sglang.speculative import VERIFY_METHODS, SpeculativeDecoder, TreeConfig
-from hass_sglang.target import EMBEDDED_TARGET, load_target
+from hass_sglang.target import load_target
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=EMBEDDED_TARGET)
-    p.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
-    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle")
-    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
-    p.add_argument("--per-set", type=int, default=2)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    add_eval_args(p, per_set=2, max_new_tokens=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--num-steps", type=int, default=4)
     p.add_argument("--topk", type=int, default=4)
     p.add_argument("--num-draft-tokens", type=int, default=17)
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     sampling = make_sampling(args.temperature, args.top_p)
-    target = load_target(args.target, dtype=_torch_dtype(args.dtype))
-    head = _load_head(args.draft, args.head, target)
+    target = load_target(args.target, dtype=torch_dtype(args.dtype))
+    head = load_head(args.draft, args.head, target)
     tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
     dec = SpeculativeDecoder(target, head, tree)
     prompts = eval_prompts(target, args.sets, args.per_set)

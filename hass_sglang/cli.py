@@ -29,13 +29,13 @@ def default_draft() -> Path | None:
     return None
 
 
-def _torch_dtype(name: str):
+def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def _load_head(draft: str, head_type: str, target):
+def load_head(draft: str, head_type: str, target):
     from hass_sglang.checkpoint import load_draft
     from hass_sglang.heads import build_head
 
@@ -54,6 +54,21 @@ def _load_head(draft: str, head_type: str, target):
     return load_draft(path, target.config)
 
 
+def add_eval_args(p: argparse.ArgumentParser, per_set: int, max_new_tokens: int) -> None:
+    """Target, draft and eval-set options shared by `hass generate` and the benchmark scripts."""
+    from hass_sglang.eval_sets import EVAL_SETS
+    from hass_sglang.target import EMBEDDED_TARGET
+
+    p.add_argument("--target", default=EMBEDDED_TARGET, help="embedded alias, HF folder, .gguf file or hub id")
+    p.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
+    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle", help="head type for --draft random")
+    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
+    p.add_argument("--per-set", type=int, default=per_set, help="questions per eval set")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="target dtype (drafts run in bf16)")
+    p.add_argument("--threads", type=int, default=2)
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -62,8 +77,8 @@ def cmd_generate(args) -> int:
     from hass_sglang.target import load_target
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=_torch_dtype(args.dtype))
-    head = _load_head(args.draft, args.head, target)
+    target = load_target(args.target, dtype=torch_dtype(args.dtype))
+    head = load_head(args.draft, args.head, target)
     tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
     decoder = SpeculativeDecoder(target, head, tree)
     if args.prompt is not None:
@@ -124,7 +139,7 @@ def cmd_features(args) -> int:
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
         batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), dtype=args.dtype,
     )
-    target = load_target(args.target, dtype=_torch_dtype(args.target_dtype))
+    target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
     m = extract_features(target, cfg, args.out)
     print(f"{args.out}: {m['samples']} samples, {m['tokens']} tokens ({m['loss_tokens']} in the loss), "
           f"{m['truncated']} truncated, skipped {m['skipped'] or 'none'}")
@@ -149,25 +164,17 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hass_sglang.eval_sets import EVAL_SETS
     from hass_sglang.target import EMBEDDED_TARGET
 
     p = argparse.ArgumentParser(prog="hass", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="vanilla vs speculative decoding: tokens/s and tau")
-    g.add_argument("--target", default=EMBEDDED_TARGET, help="embedded alias, HF folder, .gguf file or hub id")
-    g.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
-    g.add_argument("--head", choices=("eagle", "mtp"), default="eagle", help="head type for --draft random")
+    add_eval_args(g, per_set=1, max_new_tokens=96)
     g.add_argument("--prompt", help="one user message instead of the eval sets")
-    g.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
-    g.add_argument("--per-set", type=int, default=1, help="questions per eval set")
-    g.add_argument("--max-new-tokens", type=int, default=96)
     g.add_argument("--num-steps", type=int, default=6, help="draft tree depth")
     g.add_argument("--topk", type=int, default=10, help="draft tree branching")
     g.add_argument("--num-draft-tokens", type=int, default=60, help="tokens verified per cycle (root included)")
-    g.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="target dtype (drafts run in bf16)")
-    g.add_argument("--threads", type=int, default=2)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check-draft", help="validate a draft folder against a target")
