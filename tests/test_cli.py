@@ -2,9 +2,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 from hass_sglang.checkpoint import save_draft
 from hass_sglang.heads import build_head
