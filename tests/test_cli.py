@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-
 from hass_sglang.checkpoint import save_draft
 from hass_sglang.heads import build_head
 
