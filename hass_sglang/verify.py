@@ -63,6 +63,19 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.sum(-1, keepdim=True).clamp(min=_EPS)
 
 
+def _walk_state(parents: torch.Tensor, tokens: torch.Tensor):
+    """Start of a root-to-leaf walk over B trees: (child table, row ids, current node = root,
+    emitted token = unset, still walking)."""
+    b, dev = tokens.shape[0], tokens.device
+    return (
+        child_table(parents).to(dev),
+        torch.arange(b, device=dev),
+        torch.zeros(b, dtype=torch.long, device=dev),
+        torch.full((b,), -1, dtype=torch.long, device=dev),
+        torch.ones(b, dtype=torch.bool, device=dev),
+    )
+
+
 def verify_specinfer(
     parents: torch.Tensor,  # [N]
     tokens: torch.Tensor,  # [B, N]
@@ -71,12 +84,7 @@ def verify_specinfer(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Point-mass drafts: sibling j is accepted with p(t_j) / (1 - sum_{i<j} p(t_i)); the bonus comes
     from p with the rejected siblings removed. Returns (deepest accepted node [B], emitted token [B])."""
-    b = tokens.shape[0]
-    table = child_table(parents).to(tokens.device)
-    rows = torch.arange(b, device=tokens.device)
-    cur = torch.zeros(b, dtype=torch.long, device=tokens.device)
-    out = torch.full((b,), -1, dtype=torch.long, device=tokens.device)
-    active = torch.ones(b, dtype=torch.bool, device=tokens.device)
+    table, rows, cur, out, active = _walk_state(parents, tokens)
     while bool(active.any()):
         ch = table[cur]  # [B, C]
         valid = ch >= 0
@@ -106,12 +114,7 @@ def verify_rrs(
     """Recursive rejection sampling for children drawn without replacement from q (in sibling order):
     accept t_j with min(1, p_j(t_j) / q_j(t_j)); on rejection p_{j+1} = norm((p_j - q_j)+) and
     q_{j+1} = q_j without t_j, renormalised; after the last sibling emit from p_{m+1}."""
-    b = tokens.shape[0]
-    table = child_table(parents).to(tokens.device)
-    rows = torch.arange(b, device=tokens.device)
-    cur = torch.zeros(b, dtype=torch.long, device=tokens.device)
-    out = torch.full((b,), -1, dtype=torch.long, device=tokens.device)
-    active = torch.ones(b, dtype=torch.bool, device=tokens.device)
+    table, rows, cur, out, active = _walk_state(parents, tokens)
     while bool(active.any()):
         ch = table[cur]
         pj, qj = p[rows, cur].clone(), q[rows, cur].clone()
@@ -125,7 +128,7 @@ def verify_rrs(
             t = tokens[rows, cj.clamp(min=0)]
             pt, qt = pj[rows, t], qj[rows, t]
             ratio = torch.where(qt > 0, pt / qt.clamp(min=_EPS), torch.ones_like(pt))
-            acc = live & (torch.rand(b, generator=generator, device=pt.device) < ratio)
+            acc = live & (torch.rand(rows.numel(), generator=generator, device=pt.device) < ratio)
             nxt = torch.where(acc, cj, nxt)
             undecided = undecided & ~acc
             rej = live & ~acc
