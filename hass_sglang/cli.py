@@ -4,6 +4,7 @@
   hass check-draft   validate a draft folder against a target
   hass convert       HASS reference release -> SGLang EAGLE draft folder
   hass data          chat data (local JSON/JSONL or hub dataset) -> ShareGPT JSON
+  hass regenerate    self-distillation: the target rewrites the answers (ShareGPT JSON -> ShareGPT JSON)
   hass features      ShareGPT JSON -> target features (sharded safetensors + manifest, resumable)
   hass train         EAGLE-2 / HASS training of an EAGLE or MTP head on features (resumable)
 """
@@ -128,6 +129,22 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_regenerate(args) -> int:
+    import torch
+
+    from hass_sglang.regenerate import regenerate
+    from hass_sglang.target import load_target
+
+    torch.set_num_threads(args.threads)
+    target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
+    r = regenerate(target, args.data, args.out, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
+                   args.temperature, args.seed, args.limit)
+    skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
+    print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
+          f"({r.hit_max_new_tokens} answers cut at --max-new-tokens); skipped: {skipped}")
+    return 0
+
+
 def cmd_features(args) -> int:
     import torch
 
@@ -138,6 +155,7 @@ def cmd_features(args) -> int:
     cfg = FeatureConfig(
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
         batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), dtype=args.dtype,
+        teacher_topk=args.teacher_topk,
     )
     target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
     m = extract_features(target, cfg, args.out)
@@ -156,6 +174,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,
+        draft_vocab=args.draft_vocab,
         batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
     )
     export = train(cfg, load_target(args.target))
@@ -198,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--subset")
     d.set_defaults(func=cmd_data)
 
+    r = sub.add_parser("regenerate", help="self-distillation: the target rewrites the answers (resumable)")
+    r.add_argument("--data", required=True, nargs="+", help="ShareGPT JSON file(s) from `hass data`")
+    r.add_argument("--out", required=True, help="output ShareGPT JSON (parts kept in <out>.parts/ until done)")
+    r.add_argument("--target", default=EMBEDDED_TARGET)
+    r.add_argument("--limit", type=int, help="at most this many conversations per input file")
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--max-prompt-tokens", type=int, default=512, help="skip (and count) longer prompts")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (what T=0 decoding emits)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--target-dtype", choices=DTYPES, default="bfloat16")
+    r.add_argument("--threads", type=int, default=2)
+    r.set_defaults(func=cmd_regenerate)
+
     f = sub.add_parser("features", help="ShareGPT JSON -> target features (resumable)")
     f.add_argument("--data", required=True, help="ShareGPT JSON from `hass data`")
     f.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
@@ -208,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--extra-layers", type=int, nargs="*", default=[], help="hidden_states indices to store too")
     f.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the features")
     f.add_argument("--target-dtype", choices=DTYPES, default="float32")
+    f.add_argument("--teacher-topk", type=int, default=10, help="target top-K stored per position (HASS K)")
     f.add_argument("--threads", type=int, default=2)
     f.set_defaults(func=cmd_features)
 
@@ -221,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--topk", type=int, default=10, help="HASS top-K distillation K")
     t.add_argument("--topk-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
     t.add_argument("--init-from", help="existing draft folder to continue from")
+    t.add_argument("--draft-vocab", type=int, help="reduced draft vocabulary: this many most frequent target tokens")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--batch-size", type=int, default=4)

@@ -3,7 +3,8 @@
 Each conversation is tokenized with the target's chat template (assistant-only loss mask, see
 `data.py`), run through the frozen target, and stored as: input_ids (int32), loss_mask (uint8)
 and the post-norm last hidden state (the feature the heads predict; optionally extra layers for
-EAGLE-3-style fusion). Samples are concatenated per shard with an `offsets` index.
+EAGLE-3-style fusion) and the target's top-K next-token probabilities and ids at every position
+(what training distils, so it never has to run the full-vocabulary lm_head). Samples are concatenated per shard with an `offsets` index.
 
 Resumable: a shard is written atomically and only then recorded in manifest.json (also written
 atomically); a restarted run skips the conversations of recorded shards, so a kill loses at most
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from hass_sglang.data import load_sharegpt, tokenize_conversation
 from hass_sglang.errors import HassError
+from hass_sglang.losses import teacher_topk
 from hass_sglang.target import Target
 
 MANIFEST = "manifest.json"
@@ -42,6 +44,7 @@ class FeatureConfig(BaseModel):
     batch_tokens: int = 4096  # tokens per target forward (padded batch)
     extra_layers: tuple[int, ...] = ()  # hidden_states indices to store besides the final feature
     dtype: str = "float32"  # storage dtype of features
+    teacher_topk: int = 10  # target top-K (probabilities + ids) stored per position for training; 0 = none
 
 
 def _versions() -> dict:
@@ -65,7 +68,7 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 
 @torch.no_grad()
-def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, ...]) -> list[dict]:
+def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, ...], teacher_k: int) -> list[dict]:
     """Right-padded batch forward; returns per-sample tensors trimmed to their lengths."""
     longest = max(len(x) for x in batch)
     ids = torch.zeros(len(batch), longest, dtype=torch.long)
@@ -81,6 +84,9 @@ def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, .
     for i, x in enumerate(batch):
         n = len(x)
         item = {"hidden": out.last_hidden_state[i, :n].float().cpu()}
+        if teacher_k:
+            p, ids = teacher_topk(target.logits(out.last_hidden_state[i, :n]), teacher_k)
+            item["teacher_p"], item["teacher_ids"] = p.float().cpu(), ids.to(torch.int32).cpu()
         for layer in extra_layers:
             item[f"layer_{layer}"] = out.hidden_states[layer][i, :n].float().cpu()
         res.append(item)
@@ -122,7 +128,7 @@ def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, pr
             while j < len(order) and (j - i + 1) * len(samples[order[j]][1]) <= cfg.batch_tokens:
                 j += 1
             batch = [samples[k][1] for k in order[i:j]]
-            for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers)):
+            for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers, cfg.teacher_topk)):
                 feats[k] = f
             i = j
         lengths = [len(s[1]) for s in samples]
@@ -130,7 +136,7 @@ def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, pr
             tensors.setdefault("input_ids", []).append(torch.tensor(ids, dtype=torch.int32))
             tensors.setdefault("loss_mask", []).append(torch.tensor(mask, dtype=torch.uint8))
             for name, t in feats[k].items():
-                tensors.setdefault(name, []).append(t.to(storage))
+                tensors.setdefault(name, []).append(t if name.startswith("teacher_") else t.to(storage))
         index = len(manifest["shards"])
         name = f"shard-{index:05d}.safetensors"
         if samples:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,7 @@ from hass_sglang.checkpoint import load_draft, save_draft
 from hass_sglang.errors import HassError
 from hass_sglang.features import load_shard, read_manifest
 from hass_sglang.heads import build_head
+from hass_sglang.losses import teacher_topk
 from hass_sglang.training import aligned_forward, step_losses, step_weight
 
 
@@ -41,6 +43,7 @@ class TrainConfig(BaseModel):
     topk_weight: float = 1.0  # HASS w
     ce_weight: float = 0.1  # EAGLE's classification weight
     regression_weight: float = 1.0
+    draft_vocab: int | None = None  # reduced draft vocabulary: the most frequent target next tokens
     init_from: str | None = None  # continual training from an existing draft folder
     epochs: int = 1
     lr: float = 3e-4
@@ -54,6 +57,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.align_steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.topk < 1:
             raise ValueError("align_steps, epochs, batch_size and topk must be >= 1")
+        if self.draft_vocab is not None and self.draft_vocab < 2:
+            raise ValueError("draft_vocab must be >= 2")
         return self
 
     @property
@@ -61,24 +66,50 @@ class TrainConfig(BaseModel):
         return self.align_steps if self.objective == "hass" else 1
 
 
-def _load_samples(features_dir: Path, hidden_size: int) -> list[dict]:
+def _load_samples(features_dir: Path, hidden_size: int, lm_weight: torch.Tensor, k: int) -> list[dict]:
     manifest = read_manifest(features_dir)
     if manifest is None or not manifest.get("complete"):
         raise HassError(f"{features_dir}: no complete feature set (run or resume `hass features` first)")
     if manifest["hidden_size"] != hidden_size:
         raise HassError(f"features in {features_dir} have hidden size {manifest['hidden_size']}, the target has {hidden_size}")
-    return [s for e in manifest["shards"] if e["file"] for s in load_shard(features_dir, e, hidden_size)]
+    samples = [s for e in manifest["shards"] if e["file"] for s in load_shard(features_dir, e, hidden_size)]
+    for s in samples:
+        if "teacher_p" not in s or s["teacher_p"].shape[-1] < k:  # older feature sets: compute once here
+            with torch.no_grad():
+                s["teacher_p"], s["teacher_ids"] = teacher_topk(torch.nn.functional.linear(s["hidden"].float(), lm_weight), k)
+        s["teacher_p"], s["teacher_ids"] = s["teacher_p"][:, :k].float(), s["teacher_ids"][:, :k].long()
+    return samples
 
 
-def _batch(samples: list[dict]) -> dict[str, torch.Tensor]:
+def hot_vocabulary(samples: list[dict], size: int, always: set[int]) -> torch.Tensor:
+    """The `size` most frequent target greedy next tokens over the loss positions (plus `always`,
+    e.g. the end-of-turn ids), sorted by id: the reduced draft vocabulary (FR-Spec / EAGLE-3 style)."""
+    counts = Counter()
+    for s in samples:
+        mask = s["loss_mask"].bool()
+        counts.update(s["teacher_ids"][:, 0][mask].tolist())
+    chosen = set(always)
+    for tok, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0])):
+        if len(chosen) >= size:
+            break
+        chosen.add(tok)
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def _batch(samples: list[dict], vocab_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Right-padded batch; `teacher_*` rows shifted by one so row t describes x_{t+2}, the token the
+    draft's prediction of f_{t+1} scores, with ids mapped to draft-vocabulary indices."""
     t = max(len(s["input_ids"]) for s in samples)
     b = len(samples)
     h = samples[0]["hidden"].shape[-1]
+    k = samples[0]["teacher_p"].shape[-1]
     out = {
         "input_ids": torch.zeros(b, t, dtype=torch.long),
         "loss_mask": torch.zeros(b, t, dtype=torch.float32),
         "valid": torch.zeros(b, t, dtype=torch.bool),
         "hidden": torch.zeros(b, t, h, dtype=torch.float32),
+        "teacher_p": torch.zeros(b, t, k, dtype=torch.float32),
+        "teacher_idx": torch.full((b, t, k), -1, dtype=torch.long),
     }
     for i, s in enumerate(samples):
         n = len(s["input_ids"])
@@ -86,24 +117,24 @@ def _batch(samples: list[dict]) -> dict[str, torch.Tensor]:
         out["loss_mask"][i, :n] = s["loss_mask"].float()
         out["valid"][i, :n] = True
         out["hidden"][i, :n] = s["hidden"].float()
+        out["teacher_p"][i, : n - 1] = s["teacher_p"][1:]
+        out["teacher_idx"][i, : n - 1] = vocab_map[s["teacher_ids"][1:]]
     return out
 
 
-def batch_loss(head, embed, lm_weight, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def batch_loss(head, embed, draft_lm_weight, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one batch over all aligning steps, and per-step metrics."""
     ids, feats, valid = batch["input_ids"], batch["hidden"], batch["valid"]
     # the pair at t sees x_{t+1}; the last position gets a dummy token and is never counted
     next_ids = torch.cat((ids[:, 1:], ids[:, -1:]), dim=1)
     with torch.no_grad():
         embeds_next = embed(next_ids).float()
-        nxt = torch.cat((feats[:, 1:], feats[:, -1:]), dim=1)
-        target_logits_next = torch.nn.functional.linear(nxt, lm_weight).float()
     outs = aligned_forward(head, embeds_next, feats, valid, cfg.steps)
     total = torch.zeros(())
     metrics: dict[str, float] = {}
     for j, out in enumerate(outs, 1):
         w = step_weight(batch["loss_mask"], valid, j)
-        parts = step_losses(out, feats, target_logits_next, lm_weight, w, cfg.topk, cfg.objective == "hass")
+        parts = step_losses(out, feats, batch["teacher_p"], batch["teacher_idx"], draft_lm_weight, w, cfg.objective == "hass")
         loss = cfg.regression_weight * parts["regression"] + cfg.ce_weight * parts["ce"]
         if "topk" in parts:
             loss = loss + cfg.topk_weight * parts["topk"]
@@ -149,16 +180,26 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         raise HassError(f"{out} holds a run with a different config; use a new --out")
     cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
 
-    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size))
+    lm_weight = target.lm_head.weight.detach().float()
+    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.topk)
     if cfg.init_from:
         head = load_draft(cfg.init_from, target.config)
         if head.head_type != cfg.head:
             raise HassError(f"--init-from {cfg.init_from} is a {head.head_type} head, not {cfg.head}")
+        if cfg.draft_vocab is not None:
+            raise HassError("--draft-vocab cannot change the vocabulary of an --init-from draft")
     else:
-        head = init_for_training(build_head(cfg.head, target.config, seed=cfg.seed))
+        hot = None if cfg.draft_vocab is None else hot_vocabulary(samples, cfg.draft_vocab, target.eos_token_ids)
+        head = init_for_training(build_head(cfg.head, target.config, hot_token_ids=hot, seed=cfg.seed))
     head.float().train()
     embed = target.embed_tokens
-    lm_weight = target.lm_head.weight.detach().float()
+    vocab_size = lm_weight.shape[0]
+    if head.hot_token_ids is None:
+        vocab_map = torch.arange(vocab_size)
+    else:
+        vocab_map = torch.full((vocab_size,), -1, dtype=torch.long)
+        vocab_map[head.hot_token_ids] = torch.arange(head.hot_token_ids.numel())
+    draft_lm_weight = head.draft_lm_head_weight(lm_weight)
     steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -183,8 +224,8 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         sums: dict[str, float] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for i in bar:
-            batch = _batch([samples[k] for k in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
-            loss, metrics = batch_loss(head, embed, lm_weight, batch, cfg)
+            batch = _batch([samples[k] for k in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]], vocab_map)
+            loss, metrics = batch_loss(head, embed, draft_lm_weight, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)

@@ -8,7 +8,8 @@ all positions, with `masks.context_alignment_mask` over the concatenated keys of
 in a transformers cache between steps), never a Python loop over positions.
 
 Harmonized objective distillation (HASS Sec. 3.1): besides EAGLE's SmoothL1 feature regression and
-cross-entropy to the target's greedy token, -sum_{v in TopK(p)} p(v) log q(v) (`losses.py`).
+cross-entropy to the target's greedy token, -sum_{v in TopK(p)} p(v) log q(v) (`losses.py`); the
+target's top-K comes precomputed with the features (`features.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from hass_sglang.heads import DraftHead, draft_logits
-from hass_sglang.losses import feature_regression_loss, token_ce_loss, topk_accuracy, topk_distillation_loss
+from hass_sglang.losses import feature_regression_loss, token_ce_loss, topk_accuracy, topk_distillation_from_teacher
 from hass_sglang.masks import context_alignment_mask
 
 
@@ -57,15 +58,15 @@ def step_weight(loss_mask: torch.Tensor, valid: torch.Tensor, step: int) -> torc
 def step_losses(
     out: torch.Tensor,  # [B, T, H] one step's predicted features
     features: torch.Tensor,  # [B, T, H] target features
-    target_logits_next: torch.Tensor,  # [B, T, V] target logits at t+1 (row t), from the frozen lm_head
-    lm_weight: torch.Tensor,  # [V, H] frozen lm_head (full vocabulary)
+    teacher_p: torch.Tensor,  # [B, T, K] target's top-K probabilities of x_{t+2} (row t), descending
+    teacher_idx: torch.Tensor,  # [B, T, K] their draft-vocabulary indices (-1: outside the draft vocabulary)
+    draft_lm_weight: torch.Tensor,  # [V_draft, H] frozen lm_head rows the draft scores
     weight: torch.Tensor,  # [B, T]
-    topk: int,
     with_topk: bool,
 ) -> dict[str, torch.Tensor]:
     nxt = torch.cat((features[:, 1:], features[:, -1:]), dim=1)
-    logits = draft_logits(out, lm_weight)
-    greedy = target_logits_next.argmax(-1)
+    logits = draft_logits(out, draft_lm_weight)
+    greedy = teacher_idx[..., 0]
     res = {
         "regression": feature_regression_loss(out, nxt, weight),
         "ce": token_ce_loss(logits, greedy, weight),
@@ -73,5 +74,5 @@ def step_losses(
         "top3": topk_accuracy(greedy, logits, 3, weight),
     }
     if with_topk:
-        res["topk"] = topk_distillation_loss(target_logits_next, logits, topk, weight)
+        res["topk"] = topk_distillation_from_teacher(teacher_p, teacher_idx, logits, weight)
     return res

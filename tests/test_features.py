@@ -32,6 +32,11 @@ def test_features_match_an_unbatched_forward_and_manifest_counts(tmp_path, targe
     ids = s["input_ids"].long()[None]
     want = target.hidden(ids, torch.arange(ids.shape[1])[None], new_cache())[0]
     assert torch.allclose(s["hidden"], want, atol=1e-4)
+    # the stored teacher is the target's own top-10 next-token distribution at every position
+    p = torch.softmax(target.logits(want).float(), -1)
+    assert s["teacher_ids"].shape == (ids.shape[1], 10)
+    assert torch.equal(s["teacher_ids"][:, 0].long(), p.argmax(-1))
+    assert torch.allclose(s["teacher_p"], p.gather(-1, s["teacher_ids"].long()), atol=1e-4)
     assert s["loss_mask"].sum() > 0 and s["loss_mask"][0] == 0
 
 

@@ -67,3 +67,18 @@ def test_continual_training_and_bad_config(tmp_path, target, feats):
         train(cfg(feats, tmp_path / "a", head="mtp", objective="eagle2", epochs=3), target, progress=False)
     with pytest.raises(Exception):
         TrainConfig(features="f", out="o", objectiv="hass")
+
+
+def test_reduced_draft_vocabulary_is_trained_and_exported(tmp_path, target, feats):
+    samples = trainer._load_samples(feats, 576, target.lm_head.weight.detach().float(), 10)
+    hot = trainer.hot_vocabulary(samples, 64, target.eos_token_ids)
+    assert hot.numel() == 64 and set(target.eos_token_ids) <= set(hot.tolist())
+    counts = torch.bincount(torch.cat([s["teacher_ids"][:, 0][s["loss_mask"].bool()] for s in samples]), minlength=49152)
+    assert int(counts.argmax()) in hot.tolist()  # the most frequent greedy token is in
+    export = train(cfg(feats, tmp_path / "hot", draft_vocab=64, epochs=2), target, progress=False)
+    head = load_draft(export, target.config)
+    assert torch.equal(head.hot_token_ids, hot)
+    hist = read_draft_metadata(export)["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    with pytest.raises(HassError, match="cannot change the vocabulary"):
+        train(cfg(feats, tmp_path / "x", init_from=str(export), draft_vocab=32), target, progress=False)

@@ -5,7 +5,13 @@ import torch
 
 from hass_sglang.heads import build_head
 from hass_sglang.kv_cache import new_cache
-from hass_sglang.losses import feature_regression_loss, token_ce_loss, topk_distillation_loss
+from hass_sglang.losses import (
+    feature_regression_loss,
+    token_ce_loss,
+    topk_accuracy,
+    topk_distillation_from_teacher,
+    topk_distillation_loss,
+)
 from hass_sglang.masks import causal_mask, context_alignment_allowed
 from hass_sglang.training import aligned_forward, step_weight
 
@@ -25,6 +31,21 @@ def test_topk_loss_equals_direct_sum():
                 total += -sum(float(p[v] * logq[v]) for v in top)
                 n += 1
     assert abs(float(got) - total / n) < 1e-5
+
+
+def test_losses_skip_tokens_outside_a_reduced_draft_vocabulary():
+    gen = torch.Generator().manual_seed(2)
+    dl = torch.randn(1, 2, 5, generator=gen)
+    w = torch.ones(1, 2)
+    top_p = torch.tensor([[[0.5, 0.3], [0.6, 0.2]]])
+    idx = torch.tensor([[[3, -1], [-1, 1]]])  # -1: token not in the draft vocabulary
+    logq = torch.log_softmax(dl, -1)
+    want = (-(0.5 * logq[0, 0, 3]) - (0.2 * logq[0, 1, 1])) / 2
+    assert abs(float(topk_distillation_from_teacher(top_p, idx, dl, w)) - float(want)) < 1e-6
+    # CE counts only the position whose greedy token is in the vocabulary
+    ce = token_ce_loss(dl, idx[..., 0], w)
+    assert abs(float(ce) + float(logq[0, 0, 3])) < 1e-6
+    assert float(topk_accuracy(torch.tensor([[-1, -1]]), dl, 5, w)) == 0.0
 
 
 def test_masked_positions_never_contribute():

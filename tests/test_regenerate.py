@@ -1,0 +1,48 @@
+"""Self-distillation data: the target rewrites answers, batched, resumable, equal to its own greedy."""
+
+import json
+
+import pytest
+import torch
+
+import hass_sglang.regenerate as regen
+from hass_sglang.data import convert, load_sharegpt
+from hass_sglang.eval_sets import shared_data_dir
+from hass_sglang.generate import generate_vanilla
+from hass_sglang.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("regen") / "gsm8k.json"
+    convert(str(shared_data_dir() / "gsm8k" / "train.jsonl"), "gsm8k", out, limit=5)
+    return out
+
+
+def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data, monkeypatch):
+    out = tmp_path / "r.json"
+    real, calls = regen._generate_batch, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(regen, "_generate_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        regen.regenerate(target, [data], out, max_new_tokens=24, batch_size=2, progress=False)
+    assert not out.exists() and len(list((tmp_path / "r.json.parts").glob("part-*.json"))) == 1
+    monkeypatch.setattr(regen, "_generate_batch", real)
+    report = regen.regenerate(target, [data], out, max_new_tokens=24, batch_size=2, progress=False)
+    assert report.kept == 5 and calls["n"] == 2  # the finished batch was not redone
+    convs = load_sharegpt(out)
+    src = {c.id: c for c in load_sharegpt(data)}
+    for conv in convs[:2]:
+        assert conv.messages[0] == src[conv.id].messages[0] and conv.messages[1]["role"] == "assistant"
+        prompt = target.chat_prompt_ids(conv.messages[0]["content"])
+        want = generate_vanilla(target, prompt, 24, SamplingParams()).tokens
+        assert conv.messages[1]["content"] == target.tokenizer.decode(want, skip_special_tokens=True).strip()
+    with pytest.raises(regen.DataError, match="different settings"):
+        regen.regenerate(target, [data], out, max_new_tokens=25, batch_size=2, progress=False)
+    assert json.loads((tmp_path / "r.json.parts" / "settings.json").read_text())["max_new_tokens"] == 24
