@@ -174,7 +174,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,
-        draft_vocab=args.draft_vocab,
+        draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
         batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
     )
     export = train(cfg, load_target(args.target))
@@ -255,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--topk", type=int, default=10, help="HASS top-K distillation K")
     t.add_argument("--topk-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
     t.add_argument("--init-from", help="existing draft folder to continue from")
+    t.add_argument("--val-prompts", type=int, default=0, help="validation tau on this many eval prompts per epoch")
     t.add_argument("--draft-vocab", type=int, help="reduced draft vocabulary: this many most frequent target tokens")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-4)

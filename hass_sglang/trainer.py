@@ -11,6 +11,7 @@ SGLang-loadable draft folder (`checkpoint.save_draft`).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -52,6 +53,8 @@ class TrainConfig(BaseModel):
     warmup_steps: int = 0
     batch_size: int = 4  # sequences per step
     seed: int = 0
+    val_prompts: int = 0  # validation tau after every epoch on this many eval prompts (0 = off)
+    val_max_new_tokens: int = 48
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -164,6 +167,23 @@ def init_for_training(head):
     return head
 
 
+def validation_tau(target, head, prompts: int, max_new_tokens: int) -> float:
+    """Greedy tau of a copy of `head` in the reference decoder (a 16-token tree, the CPU setting)
+    on the first question of each eval set in turn: what training is for, logged per epoch."""
+    from hass_sglang.eval_sets import EVAL_SETS
+    from hass_sglang.evaluate import eval_prompts
+    from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+
+    chosen = [eval_prompts(target, [EVAL_SETS[i % len(EVAL_SETS)]], i // len(EVAL_SETS) + 1)[-1] for i in range(prompts)]
+    dec = SpeculativeDecoder(target, copy.deepcopy(head).eval(), TreeConfig(num_steps=4, topk=4, num_draft_tokens=16))
+    tokens = forwards = 0
+    for _, _, ids in chosen:
+        res = dec.generate(ids, max_new_tokens)
+        tokens += len(res.tokens)
+        forwards += res.target_forwards
+    return tokens / max(forwards, 1)
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
@@ -235,6 +255,11 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['step1/top1']:.3f}")
         history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        if cfg.val_prompts:
+            history[-1]["val_tau"] = validation_tau(target, head, cfg.val_prompts, cfg.val_max_new_tokens)
+            head.float().train()
+        print(f"[train] epoch {epoch + 1}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in history[-1].items() if k == "loss" or k.endswith(("top1", "val_tau"))), flush=True)
         _save_state(ckpt, {"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                            "epoch": epoch + 1, "history": history})
     seconds = time.perf_counter() - t_start

@@ -75,10 +75,12 @@ def test_reduced_draft_vocabulary_is_trained_and_exported(tmp_path, target, feat
     assert hot.numel() == 64 and set(target.eos_token_ids) <= set(hot.tolist())
     counts = torch.bincount(torch.cat([s["teacher_ids"][:, 0][s["loss_mask"].bool()] for s in samples]), minlength=49152)
     assert int(counts.argmax()) in hot.tolist()  # the most frequent greedy token is in
-    export = train(cfg(feats, tmp_path / "hot", draft_vocab=64, epochs=2), target, progress=False)
+    export = train(cfg(feats, tmp_path / "hot", draft_vocab=64, epochs=2, val_prompts=1, val_max_new_tokens=8), target,
+                   progress=False)
     head = load_draft(export, target.config)
     assert torch.equal(head.hot_token_ids, hot)
     hist = read_draft_metadata(export)["history"]
     assert hist[-1]["loss"] < hist[0]["loss"]
+    assert all(h["val_tau"] >= 1.0 for h in hist)  # tokens per target forward through the reference decoder
     with pytest.raises(HassError, match="cannot change the vocabulary"):
         train(cfg(feats, tmp_path / "x", init_from=str(export), draft_vocab=32), target, progress=False)

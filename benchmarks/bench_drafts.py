@@ -1,0 +1,96 @@
+"""Tau table of several drafts side by side, at T=0 and T=1, on the six eagle_eval sets.
+
+Every draft decodes every prompt right after vanilla decoding of the same prompt (same seed at
+T=1; SpecInfer verification, what SGLang runs), so a noisy machine affects them alike. Prints
+Markdown: tau per set and mean for each draft and temperature, the ratios of named pairs
+(--compare a:b prints mean tau of a / mean tau of b), and tokens/s speedups over vanilla.
+
+  .venv/bin/python benchmarks/bench_drafts.py \\
+      --drafts eagle2=hass_sglang/drafts/smollm2-135m-eagle2 hass=hass_sglang/drafts/smollm2-135m-hass-eagle \\
+      --compare hass:eagle2 --per-set 4 --max-new-tokens 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hass_sglang.checkpoint import load_draft
+from hass_sglang.cli import DTYPES, torch_dtype
+from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
+from hass_sglang.sampling import make_sampling
+from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+from hass_sglang.target import EMBEDDED_TARGET, load_target
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--drafts", nargs="+", required=True, help="name=folder pairs")
+    p.add_argument("--compare", nargs="*", default=[], help="a:b pairs: report mean tau(a) / mean tau(b)")
+    p.add_argument("--target", default=EMBEDDED_TARGET)
+    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
+    p.add_argument("--per-set", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--num-steps", type=int, default=6)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--num-draft-tokens", type=int, default=60)
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the raw summaries here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    target = load_target(args.target, dtype=torch_dtype(args.dtype))
+    tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
+    decoders = {}
+    for item in args.drafts:
+        name, _, folder = item.partition("=")
+        if not folder:
+            p.error(f"--drafts takes name=folder, got {item!r}")
+        decoders[name] = SpeculativeDecoder(target, load_draft(Path(folder), target.config), tree)
+    for pair in args.compare:
+        a, _, b = pair.partition(":")
+        if a not in decoders or b not in decoders:
+            p.error(f"--compare {pair!r}: both names must be in --drafts")
+    prompts = eval_prompts(target, args.sets, args.per_set)
+    print(f"{target.path.name} {args.dtype}, tree {tree}, {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
+          f"verification specinfer at T>0", flush=True)
+    raw = {}
+    for temp in args.temperatures:
+        runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens, make_sampling(temp), args.seed)
+        rows = summarize(runs)
+        raw[str(temp)] = [r.__dict__ | {"tau": r.tau, "tokens_per_second": r.tokens_per_second} for r in rows]
+        cols = [*args.sets, "mean"]
+        get = {(r.method, r.eval_set): r for r in rows}
+        print(f"\n### T = {temp:g}: tau (tokens per target forward, prefill included)\n")
+        print("| draft | " + " | ".join(cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for name in decoders:
+            print(f"| {name} | " + " | ".join(f"{get[name, c].tau:.2f}" for c in cols) + " |")
+        for pair in args.compare:
+            a, _, b = pair.partition(":")
+            print(f"| {a} / {b} | " + " | ".join(f"{get[a, c].tau / get[b, c].tau:.3f}" for c in cols) + " |")
+        print(f"\n### T = {temp:g}: speedup over vanilla (tokens/s ratio, same run)\n")
+        print("| draft | " + " | ".join(cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        print("| vanilla tok/s | " + " | ".join(f"{get['vanilla', c].tokens_per_second:.1f}" for c in cols) + " |")
+        for name in decoders:
+            print(f"| {name} | " + " | ".join(
+                f"{get[name, c].tokens_per_second / get['vanilla', c].tokens_per_second:.2f}x" for c in cols) + " |")
+        if temp == 0:
+            same = {name: get[name, "mean"].identical for name in decoders}
+            print(f"\noutputs identical to vanilla greedy (of {len(prompts)}): {same}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

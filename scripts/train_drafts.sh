@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One-shot pipeline for the shipped SmolLM2-135M-Instruct drafts: data -> self-distillation ->
+# features -> four trainings (same data, same epochs) -> tau table. Every step is resumable:
+# re-run the script after a kill and finished work is skipped.
+#
+#   bash scripts/setup_env.sh && bash scripts/train_drafts.sh            # RUN=runs/v2 by default
+#   SHIP=1 bash scripts/train_drafts.sh                                   # also copy drafts into hass_sglang/drafts/
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+RUN="${RUN:-runs/v2}"
+DATA="${HASS_DATA_DIR:-$root/../shared/data}"
+EPOCHS="${EPOCHS:-2}"          # epochs of every from-scratch draft
+CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the DeepSeek-R1 recipe)
+VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
+LR="${LR:-1e-3}"
+hass=".venv/bin/hass"
+mkdir -p "$RUN"
+step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
+
+# 1. data: ShareGPT first exchanges + GSM8K train questions (answers are replaced below)
+[ -f "$RUN/sharegpt.json" ] || step $hass data --source "$DATA/sharegpt_sample/sharegpt_v3_sample_first_exchange.json" \
+    --preset sharegpt --out "$RUN/sharegpt.json"
+[ -f "$RUN/gsm8k.json" ] || step $hass data --source "$DATA/gsm8k/train.jsonl" --preset gsm8k --out "$RUN/gsm8k.json" --limit 240
+# 2. self-distillation: the target (bf16, greedy) answers every short prompt itself
+[ -f "$RUN/regen.json" ] || step $hass regenerate --data "$RUN/sharegpt.json" "$RUN/gsm8k.json" --out "$RUN/regen.json" \
+    --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32
+# 3. features: last hidden state + the target's top-10 next-token distribution per position
+step $hass features --data "$RUN/regen.json" --out "$RUN/features" --max-length 384 --target-dtype bfloat16
+# 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
+common=(--features "$RUN/features" --epochs "$EPOCHS" --lr "$LR" --batch-size 8 --warmup-steps 20 --val-prompts 6)
+step $hass train "${common[@]}" --head eagle --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/eagle2"
+step $hass train "${common[@]}" --head eagle --objective hass --draft-vocab "$VOCAB" --out "$RUN/hass"
+step $hass train "${common[@]}" --head mtp --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/mtp"
+step $hass train --features "$RUN/features" --epochs "$CONT_EPOCHS" --lr 3e-4 --batch-size 8 --val-prompts 6 \
+    --head mtp --objective hass --init-from "$RUN/mtp/draft" --out "$RUN/hass-mtp"
+# 5. evaluation: tau at T=0 and T=1 on the six eval sets, all drafts side by side
+step .venv/bin/python benchmarks/bench_drafts.py --per-set 4 --max-new-tokens 80 --json "$RUN/tau.json" \
+    --drafts eagle2="$RUN/eagle2/draft" hass="$RUN/hass/draft" mtp="$RUN/mtp/draft" hass-mtp="$RUN/hass-mtp/draft" \
+    --compare hass:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
+if [ "${SHIP:-0}" = 1 ]; then
+    for d in eagle2:smollm2-135m-eagle2 hass:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp hass-mtp:smollm2-135m-hass-mtp; do
+        rm -rf "hass_sglang/drafts/${d#*:}" && mkdir -p hass_sglang/drafts && cp -r "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}"
+    done
+fi
