@@ -138,7 +138,7 @@ def cmd_regenerate(args) -> int:
     torch.set_num_threads(args.threads)
     target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
     r = regenerate(target, args.data, args.out, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
-                   args.temperature, args.seed, args.limit)
+                   args.temperature, args.seed, args.limit, args.max_conversations)
     skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
     print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
           f"({r.hit_max_new_tokens} answers cut at --max-new-tokens); skipped: {skipped}")
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output ShareGPT JSON (parts kept in <out>.parts/ until done)")
     r.add_argument("--target", default=EMBEDDED_TARGET)
     r.add_argument("--limit", type=int, help="at most this many conversations per input file")
+    r.add_argument("--max-conversations", type=int,
+                   help="keep only this many (shortest prompts first); may change between runs of one --out")
     r.add_argument("--max-new-tokens", type=int, default=256)
     r.add_argument("--max-prompt-tokens", type=int, default=512, help="skip (and count) longer prompts")
     r.add_argument("--batch-size", type=int, default=16)

@@ -69,7 +69,7 @@ def _generate_batch(target, prompts: list[list[int]], max_new_tokens: int, tempe
 def regenerate(
     target, data: list[str | Path], out: str | Path, max_new_tokens: int = 256, batch_size: int = 16,
     max_prompt_tokens: int = 512, temperature: float = 0.0, seed: int = 0, limit: int | None = None,
-    progress: bool = True,
+    max_conversations: int | None = None, progress: bool = True,
 ) -> RegenerationReport:
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
@@ -92,6 +92,11 @@ def regenerate(
             continue
         items.append((conv.id, msgs, list(ids)))
     items.sort(key=lambda x: len(x[2]))  # little padding per batch
+    # Keeping only the shortest prompts leaves the earlier batches as they were, so this cap may
+    # change between runs (e.g. to stop a long run early and keep its finished batches).
+    if max_conversations is not None:
+        report.skipped["beyond max_conversations"] += max(len(items) - max_conversations, 0)
+        items = items[:max_conversations]
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="regenerate", disable=not progress)):
         part = parts / f"part-{b:05d}.json"

@@ -43,6 +43,11 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
         prompt = target.chat_prompt_ids(conv.messages[0]["content"])
         want = generate_vanilla(target, prompt, 24, SamplingParams()).tokens
         assert conv.messages[1]["content"] == target.tokenizer.decode(want, skip_special_tokens=True).strip()
+    # a smaller cap keeps the finished batches of the shortest prompts and generates nothing new
+    monkeypatch.setattr(regen, "_generate_batch", dying)
+    small = regen.regenerate(target, [data], tmp_path / "r.json", max_new_tokens=24, batch_size=2, max_conversations=2,
+                             progress=False)
+    assert small.kept == 2 and small.skipped["beyond max_conversations"] == 3 and calls["n"] == 2
     with pytest.raises(regen.DataError, match="different settings"):
         regen.regenerate(target, [data], out, max_new_tokens=25, batch_size=2, progress=False)
     assert json.loads((tmp_path / "r.json.parts" / "settings.json").read_text())["max_new_tokens"] == 24
