@@ -59,7 +59,9 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     if not gguf_path.is_file():
         raise ModelNotFoundError(f"GGUF file not found: {gguf_path}")
     out_dir = Path(out_dir)
-    source = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}
+    # Keyed on the file's name and size, not its path: every venv holds its own copy of the same
+    # wheel's GGUF, and a path key would make each venv reconvert the shared cache folder.
+    source = {"gguf": gguf_path.name, "size": gguf_path.stat().st_size}
     marker = out_dir / _COMPLETE_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return out_dir

@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 RUN="${RUN:-runs/v2}"
 DATA="${HASS_DATA_DIR:-$root/../shared/data}"
-EPOCHS="${EPOCHS:-2}"          # epochs of every from-scratch draft
+EPOCHS="${EPOCHS:-3}"          # epochs of every from-scratch draft
 CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the DeepSeek-R1 recipe)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
@@ -24,7 +24,7 @@ step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done
 [ -f "$RUN/gsm8k.json" ] || step $hass data --source "$DATA/gsm8k/train.jsonl" --preset gsm8k --out "$RUN/gsm8k.json" --limit 240
 # 2. self-distillation: the target (bf16, greedy) answers every short prompt itself
 [ -f "$RUN/regen.json" ] || step $hass regenerate --data "$RUN/sharegpt.json" "$RUN/gsm8k.json" --out "$RUN/regen.json" \
-    --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32
+    --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32 --max-conversations 544
 # 3. features: last hidden state + the target's top-10 next-token distribution per position
 step $hass features --data "$RUN/regen.json" --out "$RUN/features" --max-length 384 --target-dtype bfloat16
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
@@ -35,7 +35,7 @@ step $hass train "${common[@]}" --head mtp --objective eagle2 --draft-vocab "$VO
 step $hass train --features "$RUN/features" --epochs "$CONT_EPOCHS" --lr 3e-4 --batch-size 8 --val-prompts 6 \
     --head mtp --objective hass --init-from "$RUN/mtp/draft" --out "$RUN/hass-mtp"
 # 5. evaluation: tau at T=0 and T=1 on the six eval sets, all drafts side by side
-step .venv/bin/python benchmarks/bench_drafts.py --per-set 4 --max-new-tokens 80 --json "$RUN/tau.json" \
+step .venv/bin/python benchmarks/bench_drafts.py --per-set 3 --max-new-tokens 64 --json "$RUN/tau.json" \
     --drafts eagle2="$RUN/eagle2/draft" hass="$RUN/hass/draft" mtp="$RUN/mtp/draft" hass-mtp="$RUN/hass-mtp/draft" \
     --compare hass:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
 if [ "${SHIP:-0}" = 1 ]; then
