@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import yaml
 
 LAUNCH_MODULE = "sglang.launch_server"
+ROUTER_MODULE = "sglang_router.launch_router"
 # Variables the LeaderWorkerSet controller injects into every container of a group
 # (kubernetes-sigs/lws, api/leaderworkerset/v1: LwsLeaderAddress, LwsGroupSize, LwsWorkerIndex).
 LWS_INJECTED_ENV = frozenset({"LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_WORKER_INDEX"})
@@ -82,11 +83,11 @@ def substitute_env(text: str, values: Mapping[str, str] | None = None, kubelet: 
     return text, names
 
 
-def _launch_argv_in_tokens(tokens: list[str]) -> list[list[str]]:
-    """Every `... -m sglang.launch_server ARGS` in a token list; ARGS end at a shell operator."""
+def _launch_argv_in_tokens(tokens: list[str], module: str = LAUNCH_MODULE) -> list[list[str]]:
+    """Every `... -m MODULE ARGS` in a token list; ARGS end at a shell operator."""
     found = []
     for i, tok in enumerate(tokens):
-        if tok == LAUNCH_MODULE and i > 0 and tokens[i - 1] == "-m":
+        if tok == module and i > 0 and tokens[i - 1] == "-m":
             args = []
             for t in tokens[i + 1 :]:
                 if t in _SHELL_OPERATORS:
@@ -105,7 +106,9 @@ def _split_shell_script(script: str) -> list[str]:
     return list(lexer)
 
 
-def launch_argvs(argv: list[str], values: Mapping[str, str] | None = None, kubelet: bool = False) -> list[tuple[list[str], list[str]]]:
+def launch_argvs(
+    argv: list[str], values: Mapping[str, str] | None = None, kubelet: bool = False, module: str = LAUNCH_MODULE
+) -> list[tuple[list[str], list[str]]]:
     """The launch_server argvs in one process argv: direct, or inside `sh -c SCRIPT`.
 
     Returns (argv, referenced env names) pairs. In a direct argv no shell runs, so only kubelet
@@ -115,13 +118,13 @@ def launch_argvs(argv: list[str], values: Mapping[str, str] | None = None, kubel
     if len(argv) >= 3 and Path(argv[0]).name in {Path(s).name for s in _SHELLS} and "-c" in argv[1:3]:
         script = argv[argv.index("-c", 1) + 1]
         script, names = substitute_env(script, values, kubelet=kubelet)
-        for args in _launch_argv_in_tokens(_split_shell_script(script)):
+        for args in _launch_argv_in_tokens(_split_shell_script(script), module):
             out.append((args, names))
         return out
     subst = [substitute_env(a, values, kubelet=kubelet) if kubelet else (a, []) for a in argv]
     tokens = [t for t, _ in subst]
     names = [n for _, ns in subst for n in ns]
-    for args in _launch_argv_in_tokens(tokens):
+    for args in _launch_argv_in_tokens(tokens, module):
         out.append((args, names))
     return out
 
@@ -170,13 +173,13 @@ def load_yaml_documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
 
 
-def extract_from_manifest(path: Path, values: Mapping[str, str] | None = None) -> list[LaunchCommand]:
+def extract_from_manifest(path: Path, values: Mapping[str, str] | None = None, module: str = LAUNCH_MODULE) -> list[LaunchCommand]:
     found = []
     for doc in load_yaml_documents(path):
         obj_name = f"{doc.get('kind', '?')}/{(doc.get('metadata') or {}).get('name', '?')}"
         for where, c in iter_containers(doc):
             argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
-            for args, names in launch_argvs(argv, values, kubelet=True):
+            for args, names in launch_argvs(argv, values, kubelet=True, module=module):
                 found.append(LaunchCommand(f"{path}: {obj_name} {where}", tuple(args), tuple(names)))
     return found
 
@@ -202,7 +205,7 @@ def _compose_unescape(word: str, values: Mapping[str, str] | None) -> tuple[str,
     return word.replace(marker, "$"), names
 
 
-def extract_from_compose(path: Path, values: Mapping[str, str] | None = None) -> list[LaunchCommand]:
+def extract_from_compose(path: Path, values: Mapping[str, str] | None = None, module: str = LAUNCH_MODULE) -> list[LaunchCommand]:
     found = []
     for doc in load_yaml_documents(path):
         for name, svc in (doc.get("services") or {}).items():
@@ -211,7 +214,7 @@ def extract_from_compose(path: Path, values: Mapping[str, str] | None = None) ->
                 w, ns = _compose_unescape(w, values)
                 argv.append(w)
                 host_refs += ns
-            for args, names in launch_argvs(argv, values, kubelet=False):
+            for args, names in launch_argvs(argv, values, kubelet=False, module=module):
                 found.append(LaunchCommand(f"{path}: service {name}", tuple(args), tuple(host_refs + names)))
     return found
 
@@ -228,7 +231,7 @@ def _docker_argv(cmd) -> list[str]:
     return ["/bin/sh", "-c", " ".join(cmd.value)]
 
 
-def extract_from_dockerfile(path: Path, values: Mapping[str, str] | None = None) -> list[LaunchCommand]:
+def extract_from_dockerfile(path: Path, values: Mapping[str, str] | None = None, module: str = LAUNCH_MODULE) -> list[LaunchCommand]:
     """Launch lines in the final stage's ENTRYPOINT + CMD (parsed by BuildKit's own parser)."""
     import dockerfile  # BuildKit's Go parser, so continuation lines and JSON forms match Docker's
 
@@ -242,7 +245,7 @@ def extract_from_dockerfile(path: Path, values: Mapping[str, str] | None = None)
         elif c.cmd == "CMD":
             cmd = _docker_argv(c)
     found = []
-    for args, names in launch_argvs(entrypoint + cmd, values, kubelet=False):
+    for args, names in launch_argvs(entrypoint + cmd, values, kubelet=False, module=module):
         found.append(LaunchCommand(f"{path}: ENTRYPOINT+CMD", tuple(args), tuple(names)))
     return found
 
@@ -255,27 +258,35 @@ def is_compose_file(path: Path) -> bool:
     return path.suffix in (".yaml", ".yml") and ("compose" in path.name)
 
 
-def extract_launch_commands(path: Path, values: Mapping[str, str] | None = None) -> list[LaunchCommand]:
-    """Every launch_server command line in one deployment file (kind chosen by file name)."""
+def extract_launch_commands(
+    path: Path, values: Mapping[str, str] | None = None, module: str = LAUNCH_MODULE
+) -> list[LaunchCommand]:
+    """Every `python -m MODULE` command line in one deployment file (kind chosen by file name)."""
     path = Path(path)
     if is_dockerfile(path):
-        return extract_from_dockerfile(path, values)
+        return extract_from_dockerfile(path, values, module)
     if is_compose_file(path):
-        return extract_from_compose(path, values)
+        return extract_from_compose(path, values, module)
     if path.suffix in (".yaml", ".yml"):
-        return extract_from_manifest(path, values)
+        return extract_from_manifest(path, values, module)
     raise ValueError(f"{path}: not a Dockerfile, compose file or Kubernetes manifest")
 
 
+def dockerfiles(root: Path) -> list[Path]:
+    return sorted(p for p in (Path(root) / "docker").rglob("*") if p.is_file() and is_dockerfile(p))
+
+
+def compose_files(root: Path) -> list[Path]:
+    return sorted(p for p in (Path(root) / "deploy").rglob("*") if p.is_file() and is_compose_file(p))
+
+
+def kubernetes_manifests(root: Path) -> list[Path]:
+    return sorted(p for p in (Path(root) / "deploy" / "k8s").rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
 def deployment_files(root: Path) -> list[Path]:
-    """The files under docker/ and deploy/ that can carry a server command line."""
-    root = Path(root)
-    files = []
-    for sub in ("docker", "deploy"):
-        for p in sorted((root / sub).rglob("*")):
-            if p.is_file() and (is_dockerfile(p) or p.suffix in (".yaml", ".yml")):
-                files.append(p)
-    return files
+    """Every file under docker/ and deploy/ that can carry a server command line."""
+    return dockerfiles(root) + compose_files(root) + kubernetes_manifests(root)
 
 
 def dump(commands: list[LaunchCommand]) -> str:
