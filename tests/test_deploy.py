@@ -462,3 +462,37 @@ def test_every_router_command_parses_with_sglang_router():
         assert args.service_discovery_port == 30000 and args.api_key == SAMPLE_ENV["SGLANG_API_KEY"]
     with pytest.raises(SystemExit):
         parse_router_args(["--policy", "cache_awar"])
+
+
+def test_cpu_image_command_resolves_with_the_plugin(sglang_parser, tmp_path):
+    """One level deeper for the one command whose model CI has: full ServerArgs resolution.
+
+    The CPU image serves the embedded SmolLM2 target, which every checkout has, so its command
+    line can go through `resolve_once()` (model config, the plugin's HASS plan, draft check)
+    with the image's model path mapped to the same converted model here and a freshly saved
+    (random) EAGLE draft standing in for the shipped one: resolution checks structure, not tau.
+    """
+    try:
+        import hass_sglang.sglang_plugin  # noqa: F401
+    except ImportError:
+        pytest.skip("hass_sglang.sglang_plugin not merged yet (issue 5)")
+    from transformers import AutoConfig
+
+    from hass_sglang.checkpoint import save_draft
+    from hass_sglang.heads import build_head
+    from hass_sglang.target import EMBEDDED_TARGET, resolve_target
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    model = resolve_target(EMBEDDED_TARGET)
+    config = AutoConfig.from_pretrained(model)
+    draft = save_draft(build_head("eagle", config, seed=0), tmp_path / "draft", config)
+    [cmd] = extract_from_dockerfile(ROOT / "docker" / "Dockerfile.cpu", {**SAMPLE_ENV, "HASS_DRAFT": str(draft)})
+    argv = list(cmd.argv)
+    assert argv[argv.index("--model-path") + 1].endswith("/models/SmolLM2-135M-Instruct")  # the image's copy
+    argv[argv.index("--model-path") + 1] = str(model)
+    args = sglang_parser(argv)
+    args.resolve_once()
+    resolved = resolving_view(args)
+    assert resolved.device == "cpu"
+    assert Path(resolved.speculative_draft_model_path) == Path(draft)
+    assert (resolved.speculative_num_steps, resolved.speculative_eagle_topk, resolved.speculative_num_draft_tokens) == (4, 1, 5)
