@@ -291,3 +291,25 @@ def deployment_files(root: Path) -> list[Path]:
 
 def dump(commands: list[LaunchCommand]) -> str:
     return json.dumps([{"source": c.source, "argv": list(c.argv), "env_refs": list(c.env_refs)} for c in commands], indent=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hass_sglang.deploy_check [ROOT]`: every server and router command line, as JSON.
+
+    What will actually run, with environment references shown as @NAME@: the quickest review of a
+    manifest change.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0]) if args else Path(".")
+    commands = []
+    for f in deployment_files(root):
+        for module in (LAUNCH_MODULE, ROUTER_MODULE):
+            commands += extract_launch_commands(f, module=module)
+    print(dump(commands))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

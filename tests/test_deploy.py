@@ -204,6 +204,17 @@ def test_every_deployment_file_kind_is_present_and_carries_server_commands():
     assert any("Deployment/sglang-router" in c.source for c in _all_router_commands())
 
 
+def test_deploy_check_cli_lists_every_command(capsys):
+    from hass_sglang.deploy_check import main
+
+    assert main([str(ROOT)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == len(_all_server_commands()) + len(_all_router_commands()) + 1  # + router image ENTRYPOINT
+    lws = [c for c in listed if "leaderTemplate" in c["source"]]
+    assert lws and placeholder("LWS_WORKER_INDEX") in lws[0]["argv"]
+    assert set(lws[0]["env_refs"]) == {"LWS_WORKER_INDEX", "LWS_LEADER_ADDRESS", "SGLANG_API_KEY"}
+
+
 def _kubernetes_objects():
     for f in kubernetes_manifests(ROOT):
         for doc in load_yaml_documents(f):
