@@ -70,3 +70,37 @@ def register() -> None:
     # overwrite=True: re-registering our own package (e.g. a second loader) must not fail.
     ModelRegistry.register(MODEL_PACKAGE, overwrite=True, strict=True)
     _registered = True
+
+
+SPECULATIVE_FIELDS = (
+    "speculative_algorithm",
+    "speculative_draft_model_path",
+    "speculative_num_steps",
+    "speculative_eagle_topk",
+    "speculative_num_draft_tokens",
+    "speculative_token_map",
+)
+
+
+def resolved_speculative_args(server_args) -> dict:
+    """What SGLang will run (resolved values) and what was asked for (`requested_algorithm`)."""
+    from sglang.srt.arg_groups.overrides import resolution_result
+
+    out = {f: resolution_result(server_args, f) for f in SPECULATIVE_FIELDS}
+    out["requested_algorithm"] = server_args.speculative_algorithm  # the raw field is never rewritten
+    return out
+
+
+def resolve_launch_flags(argv: list[str]) -> dict:
+    """Resolve `sglang.launch_server` flags the way its launcher does (plugins, then resolve_once).
+
+    For checks and debugging; serves nothing. Runs SGLang's plugin loader, so it behaves the same in a
+    fresh process as in SGLang's own spawned children.
+    """
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+
+    load_plugins()
+    server_args = prepare_server_args(list(argv))
+    server_args.resolve_once()
+    return resolved_speculative_args(server_args)

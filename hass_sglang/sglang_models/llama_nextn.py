@@ -47,6 +47,28 @@ _FUSED = {
 _SHARED_WITH_TARGET = ("embed_tokens.weight", "shared_head.head.weight", "lm_head.weight")
 
 
+def checkpoint_to_param_name(name: str, nextn_layer: int) -> Optional[Tuple[str, object]]:
+    """Checkpoint tensor name -> (parameter name, shard id or None); None for tensors to skip.
+
+    `nextn_layer` is the config's num_hidden_layers: our format keeps the target's L there, and
+    the NextN layer is stored as layer L (DeepSeek's convention).
+    """
+    prefix = f"model.layers.{nextn_layer}."
+    if not name.startswith(prefix):
+        return None if name.endswith(_SHARED_WITH_TARGET) else (name, None)
+    rest = name[len(prefix):]
+    if rest in _SHARED_WITH_TARGET:
+        return None
+    if rest.split(".")[0] in ("enorm", "hnorm", "eh_proj"):
+        return "model." + rest, None
+    if rest.startswith("shared_head.norm."):
+        return "model.shared_head_norm." + rest[len("shared_head.norm."):], None
+    for hf, (fused, shard) in _FUSED.items():
+        if rest.startswith(hf + "."):
+            return "model.decoder." + fused + rest[len(hf):], shard
+    return "model.decoder." + rest, None
+
+
 class LlamaModelNextN(nn.Module):
     def __init__(self, config: LlamaConfig, quant_config: Optional[QuantizationConfig] = None, prefix: str = ""):
         super().__init__()
@@ -99,29 +121,11 @@ class LlamaForCausalLMNextN(LlamaForCausalLM):
         self.logits_processor = LogitsProcessor(config)
         self.capture_aux_hidden_states = False
 
-    def checkpoint_to_param_name(self, name: str) -> Optional[Tuple[str, object]]:
-        """Checkpoint tensor name -> (parameter name, shard id or None); None to skip."""
-        # Our format keeps num_hidden_layers = the target's L: the NextN layer is layer L.
-        prefix = f"model.layers.{self.config.num_hidden_layers}."
-        if not name.startswith(prefix):
-            return None if name.endswith(_SHARED_WITH_TARGET) else (name, None)
-        rest = name[len(prefix):]
-        if rest in _SHARED_WITH_TARGET:
-            return None
-        if rest.split(".")[0] in ("enorm", "hnorm", "eh_proj"):
-            return "model." + rest, None
-        if rest.startswith("shared_head.norm."):
-            return "model.shared_head_norm." + rest[len("shared_head.norm."):], None
-        for hf, (fused, shard) in _FUSED.items():
-            if rest.startswith(hf + "."):
-                return "model.decoder." + fused + rest[len(hf):], shard
-        return "model.decoder." + rest, None
-
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> set:
         params = dict(self.named_parameters())
         loaded, unknown = set(), []
         for name, tensor in weights:
-            target = self.checkpoint_to_param_name(name)
+            target = checkpoint_to_param_name(name, int(self.config.num_hidden_layers))
             if target is None:
                 continue
             pname, shard = target
