@@ -155,7 +155,6 @@ def test_reference_release_is_converted_into_the_cache(target_dir, drafts, draft
     assert resolve(argv(target_dir, drafts["reference"]))["speculative_draft_model_path"] == converted
 
 
-@pytest.mark.slow
 def test_spawned_child_resolves_hass_like_the_launcher(target_dir, drafts):
     """The scheduler is a spawned process: the entry point (not a launcher monkeypatch) must act there."""
     got = run_spawned(_child_resolve, argv(target_dir, drafts["mtp"], "hass"))
@@ -163,7 +162,6 @@ def test_spawned_child_resolves_hass_like_the_launcher(target_dir, drafts):
     assert {k: got[k] for k in HASS_TREE} == HASS_TREE
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind,arch,cls", [
     ("eagle", EAGLE_ARCH, "sglang.srt.models.llama_eagle.LlamaForCausalLMEagle"),
     ("mtp", MTP_ARCH, "hass_sglang.sglang_models.llama_nextn.LlamaForCausalLMNextN"),
@@ -252,7 +250,6 @@ def test_tree_shape_defaults_and_overrides():
         tree_shape(0, None, None)
 
 
-@pytest.mark.slow
 def test_launch_server_refuses_a_mismatched_draft_and_exits(tmp_path, target, target_dir):
     """`python -m sglang.launch_server ... --speculative-algorithm HASS` stops with the reason, no hang."""
     folder = save_draft(build_head("eagle", target.config, seed=0), tmp_path / "bad", target.config)
@@ -263,3 +260,43 @@ def test_launch_server_refuses_a_mismatched_draft_and_exits(tmp_path, target, ta
     )
     assert proc.returncode != 0
     assert "CheckpointMismatchError" in proc.stderr and "hidden_size: draft 64 != target 576" in proc.stderr
+
+
+# --- the Llama MTP draft class -----------------------------------------------------------------
+
+
+def test_llama_nextn_maps_every_checkpoint_tensor_to_sglang_parameters(tmp_path, target):
+    """Every tensor of our MTP format lands on a parameter of SGLang's layer names (fused q/k/v and
+    gate/up with their shard ids); embedding / lm_head copies are skipped (the target's are shared).
+    Building the module itself needs SGLang's CPU backend or a GPU (rotary kernels), see docs."""
+    from hass_sglang.sglang_models.llama_nextn import checkpoint_to_param_name
+
+    L = target.config.num_hidden_layers
+    folder = save_draft(build_head("mtp", target.config, seed=0), tmp_path / "mtp", target.config)
+    names = list(load_file(str(folder / "model.safetensors")))
+    mapped = {n: checkpoint_to_param_name(n, L) for n in names}
+    assert {m for m in mapped.values()} == {
+        ("model.enorm.weight", None), ("model.hnorm.weight", None), ("model.eh_proj.weight", None),
+        ("model.shared_head_norm.weight", None),
+        ("model.decoder.input_layernorm.weight", None), ("model.decoder.post_attention_layernorm.weight", None),
+        ("model.decoder.self_attn.qkv_proj.weight", "q"), ("model.decoder.self_attn.qkv_proj.weight", "k"),
+        ("model.decoder.self_attn.qkv_proj.weight", "v"), ("model.decoder.self_attn.o_proj.weight", None),
+        ("model.decoder.mlp.gate_up_proj.weight", 0), ("model.decoder.mlp.gate_up_proj.weight", 1),
+        ("model.decoder.mlp.down_proj.weight", None),
+    }
+    for shared in (f"model.layers.{L}.embed_tokens.weight", f"model.layers.{L}.shared_head.head.weight", "lm_head.weight"):
+        assert checkpoint_to_param_name(shared, L) is None
+
+
+def test_register_is_idempotent_and_cheap_to_import():
+    code = (
+        "import sys, hass_sglang.sglang_plugin as p; "
+        "assert not any(m == 'sglang' or m.startswith('sglang.') for m in sys.modules), 'sglang imported at import'; "
+        "p.register(); p.register(); "
+        "import torch; assert not torch.cuda.is_initialized(); "
+        "from sglang.srt.models.registry import ModelRegistry; "
+        "print(ModelRegistry.resolve_model_cls(['LlamaForCausalLMNextN'])[0].__module__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "hass_sglang.sglang_models.llama_nextn"
