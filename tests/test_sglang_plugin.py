@@ -300,3 +300,33 @@ def test_register_is_idempotent_and_cheap_to_import():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "hass_sglang.sglang_models.llama_nextn"
+
+
+def test_older_reduced_vocabulary_export_is_normalised_into_the_cache(tmp_path, target, target_dir, draft_cache):
+    """Exports written before `hot_vocab_size` was a top-level field get a cached copy SGLang can size."""
+    cfg = target.config
+    folder = save_draft(build_head("eagle", cfg, hot_token_ids=HOT, seed=0), tmp_path / "old_hot", cfg)
+    conf = json.loads((folder / "config.json").read_text())
+    del conf["hot_vocab_size"]
+    (folder / "config.json").write_text(json.dumps(conf))
+    plan = plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder)))
+    assert plan.converted_from == str(folder) and plan.speculative_draft_model_path.startswith(str(draft_cache))
+    assert json.loads(open(f"{plan.speculative_draft_model_path}/config.json").read())["hot_vocab_size"] == len(HOT)
+    assert plan.speculative_token_map == f"{plan.speculative_draft_model_path}/hot_token_map.pt"
+    with pytest.raises(CheckpointMismatchError, match="drop --speculative-token-map"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder), token_map="/x/map.pt"))
+
+
+def test_deepseek_target_without_draft_uses_sglangs_nextn(tmp_path):
+    """DeepSeek checkpoints carry their MTP layer: SGLang points the draft at the target and loads its
+    own DeepseekV3ForCausalLMNextN; the plan only supplies the HASS tree."""
+    folder = tmp_path / "dsv3"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "num_nextn_predict_layers": 1,
+    }))
+    plan = plan_launch(LaunchRequest(target_path=str(folder)))
+    assert (plan.head_kind, plan.draft_format, plan.speculative_draft_model_path) == ("mtp", "sglang-mtp", None)
+    assert "speculative_draft_model_path" not in plan.server_args_fields()
+    assert (plan.speculative_num_steps, plan.speculative_eagle_topk, plan.speculative_num_draft_tokens) == (6, 10, 60)
