@@ -173,6 +173,9 @@ def test_scheduler_child_gets_eagle_args_and_the_right_draft_class(target_dir, d
     load_plugins()
     server_args = prepare_server_args(argv(target_dir, drafts[kind]))
     server_args.resolve_once()
+    # Where SGLang records the request it keeps HASS; its resolved view says EAGLE.
+    assert server_args.speculative_algorithm == "HASS" and "--speculative-algorithm HASS" in server_args.launch_command
+    assert server_args.resolved_dict()["speculative_algorithm"] == "EAGLE"
     got = run_spawned(_child_receives_resolved_args, server_args)
     assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "HASS"
     assert (got["draft_arch"], got["draft_class"]) == (arch, cls)
