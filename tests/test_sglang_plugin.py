@@ -87,8 +87,15 @@ def _child_receives_resolved_args(server_args, queue):
 
     from hass_sglang.sglang_plugin import resolved_speculative_args
 
+    from sglang.srt.runtime_context import get_spec, publish
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
     load_plugins()
     out = resolved_speculative_args(server_args)
+    # The scheduler publishes the record; its workers read the algorithm from the config bag.
+    publish(server_args, role="scheduler")
+    out["published_algorithm"] = get_spec().speculative_algorithm
+    out["published_is_eagle"] = SpeculativeAlgorithm.from_string(get_spec().speculative_algorithm).is_eagle()
     draft = ModelConfig(out["speculative_draft_model_path"], is_draft_model=True)
     cls, arch = ModelRegistry.resolve_model_cls(draft.hf_config.architectures)
     out.update(draft_class=f"{cls.__module__}.{cls.__qualname__}", draft_arch=arch,
@@ -178,6 +185,7 @@ def test_scheduler_child_gets_eagle_args_and_the_right_draft_class(target_dir, d
     assert server_args.resolved_dict()["speculative_algorithm"] == "EAGLE"
     got = run_spawned(_child_receives_resolved_args, server_args)
     assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "HASS"
+    assert got["published_algorithm"] == "EAGLE" and got["published_is_eagle"] is True
     assert (got["draft_arch"], got["draft_class"]) == (arch, cls)
     if kind == "mtp":
         assert got["nextn_layers"] == 1  # SGLang sizes the draft KV pool to one layer
