@@ -341,3 +341,19 @@ def test_deepseek_target_without_draft_uses_sglangs_nextn(tmp_path):
     assert (plan.head_kind, plan.draft_format, plan.speculative_draft_model_path) == ("mtp", "sglang-mtp", None)
     assert "speculative_draft_model_path" not in plan.server_args_fields()
     assert (plan.speculative_num_steps, plan.speculative_eagle_topk, plan.speculative_num_draft_tokens) == (6, 10, 60)
+
+
+def test_engine_style_server_args_resolve_too(target_dir, drafts):
+    """`sglang.Engine(**kwargs)` builds ServerArgs from keywords (after load_plugins) and resolves it."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import ServerArgs
+
+    from hass_sglang.sglang_plugin import resolved_speculative_args
+
+    load_plugins()
+    server_args = ServerArgs(model_path=target_dir, speculative_algorithm="Hass",
+                             speculative_draft_model_path=drafts["mtp"], device="cpu")
+    server_args.resolve_once()
+    got = resolved_speculative_args(server_args)
+    assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "Hass"
+    assert {k: got[k] for k in HASS_TREE} == HASS_TREE
