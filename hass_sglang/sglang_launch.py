@@ -28,11 +28,11 @@ SGLANG_ALGORITHM = "EAGLE"
 HASS_NUM_STEPS = 6
 HASS_EAGLE_TOPK = 10
 HASS_NUM_DRAFT_TOKENS = 60
-# Targets whose MTP layers ship inside the target checkpoint; SGLang's own NextN classes load
-# them (it substitutes the `...NextN` architecture for the draft), so they skip our checks.
-SGLANG_BUILTIN_MTP_TARGETS = frozenset(
-    {"DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLMNextN"}
-)
+# Targets whose MTP layer ships inside the target checkpoint and that SGLang 0.5.23 both points
+# the draft at by itself (arg_groups/speculative_hook.py:1120) and loads with its own
+# DeepseekV3ForCausalLMNextN (configs/model_config.py:1032): they skip our checks. (DeepSeek V4
+# is left out: SGLang requires top-k 1 there, deepseek_v4_hook.py:149.)
+SGLANG_BUILTIN_MTP_TARGETS = frozenset({"DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM"})
 
 
 def is_hass(algorithm: object) -> bool:
