@@ -14,7 +14,7 @@ Formats (config.json + model.safetensors [+ hot_token_map.pt]):
   optionally `embed_tokens.weight` (dropped on import: SGLang uses the target's).
 
 A reduced draft vocabulary is stored as `hot_token_map.pt` (a list of target ids, the file format
-of SGLang's --speculative-token-map).
+of SGLang's --speculative-token-map) and its size as top-level `hot_vocab_size` (SGLang's field).
 
 Loading validates everything against the target before any weight is used: hidden size, vocab,
 layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing loads half-way.
@@ -96,6 +96,9 @@ def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None) ->
         cfg["architectures"] = [MTP_ARCH]
         cfg["num_hidden_layers"] = int(target_config.num_hidden_layers)
         cfg["num_nextn_predict_layers"] = 1
+    if head.hot_token_ids is not None:
+        # SGLang's EAGLE draft sizes its lm_head (and CUDA-graph buffers) from this field.
+        cfg["hot_vocab_size"] = int(head.hot_token_ids.numel())
     cfg["hass"] = {
         "format_version": FORMAT_VERSION,
         "head_type": head.head_type,

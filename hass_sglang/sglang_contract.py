@@ -1,0 +1,166 @@
+"""Every SGLang symbol the plugin touches, in one place, checked against the installed SGLang.
+
+The plugin relies on SGLang's extension points and on a few facts about them (a step name, a
+constant, the names of ServerArgs fields, the layer classes the Llama MTP draft is built from).
+An SGLang upgrade that renames, removes or re-signs any of them must fail CI loudly, here, rather
+than at some later launch. `python -m hass_sglang.sglang_contract` prints the problems (exit 1).
+
+Paths are `module:qualified.name` (pkgutil.resolve_name syntax). `params` are the leading
+parameter names a callable must accept, in order; `contains` / `equals` check a value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pkgutil
+import sys
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+PINNED_SGLANG = "0.5.23"
+
+
+class Symbol(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    why: str
+    params: tuple[str, ...] | None = None
+    equals: Any = None
+    contains: str | None = None
+    fields: tuple[str, ...] | None = None  # msgspec Struct fields that must exist (ServerArgs)
+
+
+_TREE_FIELDS = (
+    "model_path",
+    "speculative_algorithm",
+    "speculative_draft_model_path",
+    "speculative_num_steps",
+    "speculative_eagle_topk",
+    "speculative_num_draft_tokens",
+    "speculative_token_map",
+)
+
+SYMBOLS: tuple[Symbol, ...] = (
+    # Plugin loading (every process SGLang starts calls load_plugins).
+    Symbol(path="sglang.srt.plugins:GENERAL_PLUGINS_GROUP", equals="sglang.srt.plugins",
+           why="entry-point group our pyproject.toml registers `register` under"),
+    Symbol(path="sglang.srt.plugins:load_plugins", params=(), why="loads and runs the entry point"),
+    # Argument resolution.
+    Symbol(path="sglang.srt.arg_groups.resolution_hooks:register_resolution_hook", params=("name",),
+           why="wraps the speculative resolution step"),
+    Symbol(path="sglang.srt.arg_groups.resolution_hooks:_OVERRIDABLE_HOOKS", contains="handle_speculative_decoding",
+           why="register_resolution_hook only accepts whitelisted step names"),
+    Symbol(path="sglang.srt.arg_groups.speculative_hook:handle_speculative_decoding", params=("server_args",),
+           why="the built-in step our hook runs after declaring EAGLE"),
+    Symbol(path="sglang.srt.arg_groups.overrides:declare_resolution", params=("server_args", "source"),
+           why="declares the HASS plan without touching the raw input"),
+    Symbol(path="sglang.srt.arg_groups.overrides:resolving_view", params=("server_args",),
+           why="reads the arguments as resolved so far"),
+    Symbol(path="sglang.srt.arg_groups.overrides:resolution_result", params=("server_args", "field"),
+           why="how SGLang (and our tests) read a resolved field"),
+    Symbol(path="sglang.srt.server_args:ServerArgs", fields=_TREE_FIELDS, why="fields the plan reads and declares"),
+    Symbol(path="sglang.srt.server_args:ServerArgs.resolve_once", params=("self",), why="runs the resolution pipeline"),
+    Symbol(path="sglang.srt.server_args:prepare_server_args", params=("argv",), why="CLI -> ServerArgs (launcher)"),
+    Symbol(path="sglang.srt.runtime_context:publish", params=("server_args",),
+           why="the scheduler projects resolution results (not raw input) into config bags"),
+    Symbol(path="sglang.srt.runtime_context:get_spec", params=(),
+           why="runtime code reads the resolved algorithm from this bag, so declaring EAGLE reaches it"),
+    Symbol(path="sglang.srt.speculative.spec_info:SpeculativeAlgorithm.EAGLE",
+           why="the algorithm HASS resolves to (NEXTN is its alias)"),
+    Symbol(path="sglang.srt.speculative.spec_info:SpeculativeAlgorithm.from_string", params=("name",),
+           why="how SGLang turns the resolved string into its algorithm"),
+    Symbol(path="sglang.srt.speculative.spec_utils:load_token_map", params=("token_map_path",),
+           why="reads hot_token_map.pt (a list of target ids) for --speculative-token-map"),
+    # Model registry and the Llama MTP draft's building blocks.
+    Symbol(path="sglang.srt.models.registry:ModelRegistry.register", params=("package_name", "overwrite", "strict"),
+           why="registers hass_sglang.sglang_models (LlamaForCausalLMNextN)"),
+    Symbol(path="sglang.srt.models.registry:ModelRegistry.resolve_model_cls", params=("architectures",),
+           why="how SGLang finds the draft class by architecture name"),
+    Symbol(path="sglang.srt.models.llama:LlamaForCausalLM.forward",
+           params=("self", "input_ids", "positions", "forward_batch", "input_embeds"),
+           why="inherited forward: self.model(...) then the logits processor"),
+    Symbol(path="sglang.srt.models.llama:LlamaForCausalLM.get_embed_and_head", params=("self",),
+           why="inherited; the EAGLE worker reads the target's embed/head"),
+    Symbol(path="sglang.srt.models.llama:LlamaForCausalLM.set_embed_and_head", params=("self", "embed", "head"),
+           why="inherited; the EAGLE worker shares the target's embed and (hot-sliced) head"),
+    Symbol(path="sglang.srt.models.llama:LlamaDecoderLayer",
+           params=("config", "layer_id", "start_layer", "quant_config", "prefix"), why="the MTP decoder layer"),
+    Symbol(path="sglang.srt.models.llama:LlamaDecoderLayer.forward",
+           params=("self", "positions", "hidden_states", "forward_batch"), why="called by LlamaModelNextN"),
+    Symbol(path="sglang.srt.layers.layer_boundary:layer_stack", why="layers are built inside a layer stack"),
+    Symbol(path="sglang.srt.layers.layer_boundary.residual.batch:start", params=("forward_batch",),
+           why="opens the residual stream"),
+    Symbol(path="sglang.srt.layers.layer_boundary.residual.batch:final_norm",
+           params=("hidden_states", "forward_batch", "layernorm"), why="shared_head.norm closes the stack"),
+    Symbol(path="sglang.srt.layers.layernorm:RMSNorm", why="enorm / hnorm / shared_head.norm"),
+    Symbol(path="sglang.srt.layers.logits_processor:LogitsProcessor", params=("config",), why="draft logits"),
+    Symbol(path="sglang.srt.layers.vocab_parallel_embedding:ParallelLMHead",
+           params=("num_embeddings", "embedding_dim"), why="draft lm_head (hot_vocab_size rows)"),
+    Symbol(path="sglang.srt.layers.vocab_parallel_embedding:VocabParallelEmbedding",
+           params=("num_embeddings", "embedding_dim"), why="placeholder for the target's embedding"),
+    Symbol(path="sglang.srt.layers.quantization.base_config:QuantizationConfig", why="constructor type"),
+    Symbol(path="sglang.srt.model_executor.forward_batch_info:ForwardBatch", why="forward argument"),
+    Symbol(path="sglang.srt.model_executor.forward_batch_info:PPProxyTensors", why="forward argument"),
+    Symbol(path="sglang.srt.model_loader.weight_utils:default_weight_loader", params=("param", "loaded_weight"),
+           why="loads unfused parameters"),
+    Symbol(path="sglang.srt.runtime_context:get_parallel", params=(), why="pp_group of the draft"),
+    Symbol(path="sglang.srt.utils:add_prefix", params=("name", "prefix"), why="parameter prefixes"),
+)
+
+
+def _leading_params(obj) -> list[str]:
+    return list(inspect.signature(obj).parameters)
+
+
+def check_symbol(sym: Symbol) -> str | None:
+    """None if the installed SGLang provides `sym` as described, else the problem."""
+    try:
+        obj = pkgutil.resolve_name(sym.path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        return f"{sym.path}: missing ({type(exc).__name__}: {exc}) - needed because {sym.why}"
+    if sym.params is not None:
+        try:
+            got = _leading_params(obj)
+        except (TypeError, ValueError) as exc:
+            return f"{sym.path}: no inspectable signature ({exc})"
+        if got[: len(sym.params)] != list(sym.params):
+            return f"{sym.path}: parameters {got} do not start with {list(sym.params)} - {sym.why}"
+    if sym.equals is not None and obj != sym.equals:
+        return f"{sym.path}: is {obj!r}, expected {sym.equals!r}"
+    if sym.contains is not None and sym.contains not in obj:
+        return f"{sym.path}: does not contain {sym.contains!r} - {sym.why}"
+    if sym.fields is not None:
+        have = set(getattr(obj, "__struct_fields__", ()))
+        missing = [f for f in sym.fields if f not in have]
+        if missing:
+            return f"{sym.path}: fields {missing} missing - {sym.why}"
+    return None
+
+
+def check_contract(symbols: tuple[Symbol, ...] = SYMBOLS) -> list[str]:
+    """Problems with the installed SGLang (empty when the plugin's assumptions hold)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    problems = []
+    try:
+        installed = version("sglang")
+        if installed != PINNED_SGLANG:
+            problems.append(f"sglang {installed} is installed; the plugin is verified against {PINNED_SGLANG}")
+    except PackageNotFoundError:
+        return ["sglang is not installed"]
+    problems += [p for p in (check_symbol(s) for s in symbols) if p is not None]
+    return problems
+
+
+def main() -> int:
+    problems = check_contract()
+    for p in problems:
+        print(f"contract: {p}", file=sys.stderr)
+    print(f"{len(SYMBOLS)} SGLang symbols checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

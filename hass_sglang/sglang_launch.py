@@ -1,0 +1,214 @@
+"""What `--speculative-algorithm HASS` means for one launch: a plan SGLang's EAGLE path can run.
+
+HASS (arXiv 2408.15766) changes how a draft is *trained*, not how it is *served*: at inference a
+HASS draft is an EAGLE-2 head (or an MTP/NextN head) driven by EAGLE-2's dynamic tree, which is
+exactly SGLang's EAGLE worker. So the plan rewrites HASS to SGLang's EAGLE algorithm (NEXTN is an
+alias of EAGLE in SGLang 0.5.23) with the paper's tree defaults, and makes sure the draft folder
+is one SGLang loads and that it fits the target - before anything is served.
+
+This module does not import SGLang: it is the part of the plugin that can be reasoned about (and
+tested) on its own; `sglang_plugin` feeds it SGLang's resolved arguments and declares the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hass_sglang.errors import CheckpointMismatchError, HassError, ModelNotFoundError
+
+HASS_ALGORITHM = "HASS"
+# SGLang's algorithm for both head kinds: EAGLE-2 heads and NextN/MTP heads share its worker.
+SGLANG_ALGORITHM = "EAGLE"
+# HASS paper, section 4 (the EAGLE-2 setting it evaluates with): depth 6, top-k 10, 60 tokens.
+HASS_NUM_STEPS = 6
+HASS_EAGLE_TOPK = 10
+HASS_NUM_DRAFT_TOKENS = 60
+# Targets whose MTP layer ships inside the target checkpoint and that SGLang 0.5.23 both points
+# the draft at by itself (arg_groups/speculative_hook.py:1120) and loads with its own
+# DeepseekV3ForCausalLMNextN (configs/model_config.py:1032): they skip our checks. (DeepSeek V4
+# is left out: SGLang requires top-k 1 there, deepseek_v4_hook.py:149.)
+SGLANG_BUILTIN_MTP_TARGETS = frozenset({"DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM"})
+
+
+def is_hass(algorithm: object) -> bool:
+    return isinstance(algorithm, str) and algorithm.strip().upper() == HASS_ALGORITHM
+
+
+class LaunchRequest(BaseModel):
+    """The launch flags the plan depends on (None = not passed by the user)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_path: str
+    draft_path: str | None = None
+    num_steps: int | None = None
+    eagle_topk: int | None = None
+    num_draft_tokens: int | None = None
+    token_map: str | None = None
+
+
+class LaunchPlan(BaseModel):
+    """ServerArgs fields to declare (SGLang names) plus what was decided, for logs and tests."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    head_kind: Literal["eagle", "mtp"]
+    draft_format: Literal["eagle", "mtp", "reference", "sglang-mtp"]
+    speculative_algorithm: Literal["EAGLE"] = SGLANG_ALGORITHM
+    speculative_draft_model_path: str | None
+    speculative_num_steps: int
+    speculative_eagle_topk: int
+    speculative_num_draft_tokens: int
+    speculative_token_map: str | None = None
+    converted_from: str | None = None
+
+    def server_args_fields(self) -> dict:
+        fields = {
+            "speculative_algorithm": self.speculative_algorithm,
+            "speculative_num_steps": self.speculative_num_steps,
+            "speculative_eagle_topk": self.speculative_eagle_topk,
+            "speculative_num_draft_tokens": self.speculative_num_draft_tokens,
+        }
+        if self.speculative_draft_model_path is not None:
+            fields["speculative_draft_model_path"] = self.speculative_draft_model_path
+        if self.speculative_token_map is not None:
+            fields["speculative_token_map"] = self.speculative_token_map
+        return fields
+
+
+def tree_shape(num_steps: int | None, eagle_topk: int | None, num_draft_tokens: int | None) -> tuple[int, int, int]:
+    """HASS defaults for the flags the user left out; a user's flag always wins.
+
+    SGLang's own rule is kept: with top-k 1 the tree is a chain of num_steps + 1 tokens.
+    """
+    steps = HASS_NUM_STEPS if num_steps is None else num_steps
+    topk = HASS_EAGLE_TOPK if eagle_topk is None else eagle_topk
+    if num_draft_tokens is not None:
+        tokens = num_draft_tokens
+    elif topk == 1:
+        tokens = steps + 1
+    else:
+        # Never more tokens than the tree holds: 1 root + topk per step after the first...
+        tokens = min(HASS_NUM_DRAFT_TOKENS, 1 + topk + (steps - 1) * topk * topk)
+    for name, value in (("num_steps", steps), ("eagle_topk", topk), ("num_draft_tokens", tokens)):
+        if value < 1:
+            raise HassError(f"--speculative-{name.replace('_', '-')} must be >= 1, got {value}")
+    return steps, topk, tokens
+
+
+def read_target_config(target_path: str):
+    """The target's transformers config (a local HF folder or whatever AutoConfig resolves)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(target_path)
+    except Exception as exc:  # AutoConfig raises OSError / ValueError / EnvironmentError variants
+        raise ModelNotFoundError(f"cannot read the target's config.json from {target_path!r}: {exc}") from exc
+
+
+def draft_cache_dir() -> Path:
+    from hass_sglang.target import cache_dir
+
+    return cache_dir() / "drafts"
+
+
+def _fingerprint(folder: Path, target_config) -> str:
+    """Key of a converted draft: the source files (name, size, mtime) and the target's shape."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    for k in ("hidden_size", "vocab_size", "num_hidden_layers", "intermediate_size"):
+        h.update(f"{k}={getattr(target_config, k, None)};".encode())
+    return h.hexdigest()[:16]
+
+
+def convert_reference_cached(draft: Path, target_path: str, target_config) -> Path:
+    """HASS reference release -> SGLang EAGLE folder in the draft cache (once per source)."""
+    from hass_sglang.checkpoint import import_reference
+
+    out = draft_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
+    if (out / "config.json").is_file():
+        return out
+    try:
+        return import_reference(draft, out, target_config)
+    except OSError as exc:
+        raise HassError(
+            f"could not write the converted draft to {out} ({exc}); convert it yourself and pass the "
+            f"result: hass convert {draft} <out-folder> --target {target_path}"
+        ) from exc
+
+
+def _sglang_ready(config: dict) -> bool:
+    """Our own exports need `hot_vocab_size` at top level when they carry a reduced vocabulary
+    (SGLang sizes the draft lm_head and its CUDA-graph buffers from it)."""
+    hot = (config.get("hass") or {}).get("hot_vocab_size")
+    return hot is None or config.get("hot_vocab_size") == hot
+
+
+def plan_launch(req: LaunchRequest) -> LaunchPlan:
+    """Validate the draft against the target and decide the SGLang arguments; raise on mismatch."""
+    from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, load_draft, save_draft
+
+    target_config = read_target_config(req.target_path)
+    steps, topk, tokens = tree_shape(req.num_steps, req.eagle_topk, req.num_draft_tokens)
+    target_arch = (getattr(target_config, "architectures", None) or [""])[0]
+
+    if req.draft_path is None:
+        if target_arch in SGLANG_BUILTIN_MTP_TARGETS:
+            # SGLang points the draft at the target checkpoint itself and loads its NextN layer.
+            return LaunchPlan(
+                head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=None,
+                speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
+            )
+        raise HassError(
+            "--speculative-algorithm HASS needs --speculative-draft-model-path (a HASS/EAGLE-2 head, an MTP "
+            f"head, or a HASS reference release); target architecture {target_arch!r} has no built-in MTP layer"
+        )
+
+    draft = Path(req.draft_path).expanduser()
+    if not (draft / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"draft {req.draft_path!r} is not a local folder with config.json (HASS drafts are checked "
+            "against the target before serving; download hub drafts first)"
+        )
+    config = json.loads((draft / "config.json").read_text())
+    draft_arch = (config.get("architectures") or [""])[0]
+    if target_arch in SGLANG_BUILTIN_MTP_TARGETS and draft_arch.startswith("Deepseek"):
+        return LaunchPlan(
+            head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=str(draft),
+            speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
+        )
+
+    fmt = detect_format(config)  # raises CheckpointMismatchError for anything else
+    converted_from = None
+    if fmt == "reference":
+        converted_from, draft = str(draft), convert_reference_cached(draft, req.target_path, target_config)
+        head = load_draft(draft, target_config)
+    else:
+        head = load_draft(draft, target_config)  # the full check: config, keys, shapes
+        if not _sglang_ready(config):
+            out = draft_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
+            if not (out / "config.json").is_file():
+                save_draft(head, out, target_config, metadata={"normalised_from": str(draft)})
+            converted_from, draft = str(draft), out
+
+    token_map = req.token_map
+    if head.hot_token_ids is not None:
+        if token_map is not None:
+            raise CheckpointMismatchError(
+                f"draft {draft} has its own reduced vocabulary ({HOT_TOKEN_FILE}); drop --speculative-token-map"
+            )
+        token_map = str(draft / HOT_TOKEN_FILE)
+    head_kind = "mtp" if fmt == "mtp" else "eagle"
+    return LaunchPlan(
+        head_kind=head_kind, draft_format=fmt, speculative_draft_model_path=str(draft),
+        speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
+        speculative_token_map=token_map, converted_from=converted_from,
+    )

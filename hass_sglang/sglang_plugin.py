@@ -1,0 +1,106 @@
+"""SGLang entry-point plugin: `--speculative-algorithm HASS` on an unmodified SGLang 0.5.23.
+
+Installed as `[project.entry-points."sglang.srt.plugins"] hass = "hass_sglang.sglang_plugin:register"`.
+SGLang calls `register()` through `sglang.srt.plugins.load_plugins()` in every process it starts
+(launcher, scheduler, detokenizer, DP controller; children are spawned, so nothing set in the
+launcher reaches them otherwise). `register()` does two things, both idempotent and CUDA-free:
+
+1. wraps the resolution step `handle_speculative_decoding` (a whitelisted resolution hook): when
+   the requested algorithm is HASS (any case) it validates / converts the draft
+   (`sglang_launch.plan_launch`) and declares SGLang's EAGLE algorithm with the HASS tree defaults,
+   then runs SGLang's own step. Declarations leave the raw input untouched, so SGLang keeps
+   recording `speculative_algorithm="HASS"` as what was asked for, while every consumer reads
+   the resolved "EAGLE".
+2. registers `LlamaForCausalLMNextN` (the Llama MTP draft) with SGLang's model registry.
+
+Why rewrite to EAGLE instead of `SpeculativeAlgorithm.register("HASS", ...)`: a custom algorithm
+is a `CustomSpecAlgo`, and ~24 places in SGLang compare the algorithm with "EAGLE"/"EAGLE3"/
+"NEXTN" (KV-pool sizing, CUDA-graph capture, draft attention backends, metrics) while the
+scheduler calls methods the custom base class lacks. Resolving to EAGLE keeps all of that
+machinery - paged KV cache, tree build and verify, CUDA graphs, metrics - exactly as SGLang ships
+it, and HASS needs nothing else at inference time.
+
+Every SGLang symbol used here is listed in `sglang_contract.py` and checked by its tests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hass_sglang.sglang_launch import LaunchRequest, is_hass, plan_launch
+
+logger = logging.getLogger(__name__)
+
+RESOLUTION_STEP = "handle_speculative_decoding"
+MODEL_PACKAGE = "hass_sglang.sglang_models"
+DECLARATION_SOURCE = "hass_sglang.plan_launch"
+_registered = False
+
+
+def resolve_hass(server_args, previous) -> None:
+    """Resolution hook: HASS -> EAGLE plan, then SGLang's own speculative step."""
+    from sglang.srt.arg_groups.overrides import declare_resolution, resolving_view
+
+    cfg = resolving_view(server_args)
+    if is_hass(cfg.speculative_algorithm):
+        plan = plan_launch(
+            LaunchRequest(
+                target_path=str(cfg.model_path),
+                draft_path=cfg.speculative_draft_model_path,
+                num_steps=cfg.speculative_num_steps,
+                eagle_topk=cfg.speculative_eagle_topk,
+                num_draft_tokens=cfg.speculative_num_draft_tokens,
+                token_map=cfg.speculative_token_map,
+            )
+        )
+        logger.info("HASS: %s", plan.model_dump())
+        declare_resolution(server_args, DECLARATION_SOURCE, **plan.server_args_fields())
+    previous(server_args)
+
+
+def register() -> None:
+    """Entry point called by SGLang's plugin loader; safe to call more than once."""
+    global _registered
+    if _registered:
+        return
+    from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
+    from sglang.srt.models.registry import ModelRegistry
+
+    register_resolution_hook(RESOLUTION_STEP)(resolve_hass)
+    # overwrite=True: re-registering our own package (e.g. a second loader) must not fail.
+    ModelRegistry.register(MODEL_PACKAGE, overwrite=True, strict=True)
+    _registered = True
+
+
+SPECULATIVE_FIELDS = (
+    "speculative_algorithm",
+    "speculative_draft_model_path",
+    "speculative_num_steps",
+    "speculative_eagle_topk",
+    "speculative_num_draft_tokens",
+    "speculative_token_map",
+)
+
+
+def resolved_speculative_args(server_args) -> dict:
+    """What SGLang will run (resolved values) and what was asked for (`requested_algorithm`)."""
+    from sglang.srt.arg_groups.overrides import resolution_result
+
+    out = {f: resolution_result(server_args, f) for f in SPECULATIVE_FIELDS}
+    out["requested_algorithm"] = server_args.speculative_algorithm  # the raw field is never rewritten
+    return out
+
+
+def resolve_launch_flags(argv: list[str]) -> dict:
+    """Resolve `sglang.launch_server` flags the way its launcher does (plugins, then resolve_once).
+
+    For checks and debugging; serves nothing. Runs SGLang's plugin loader, so it behaves the same in a
+    fresh process as in SGLang's own spawned children.
+    """
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+
+    load_plugins()
+    server_args = prepare_server_args(list(argv))
+    server_args.resolve_once()
+    return resolved_speculative_args(server_args)

@@ -1,0 +1,359 @@
+"""`--speculative-algorithm HASS` against the real, unmodified SGLang 0.5.23 with our entry point installed.
+
+Resolution runs SGLang's own `prepare_server_args` + `ServerArgs.resolve_once` after SGLang's own
+`load_plugins()`, in this process and in spawned children (how SGLang starts its scheduler). The
+target is the embedded SmolLM2-135M-Instruct HF folder; drafts are tiny heads built here. Nothing is
+served: model weights are never loaded by SGLang.
+"""
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from hass_sglang.checkpoint import EAGLE_ARCH, MTP_ARCH, save_draft
+from hass_sglang.errors import CheckpointMismatchError, HassError
+from hass_sglang.heads import build_head
+from hass_sglang.sglang_launch import LaunchRequest, plan_launch, tree_shape
+
+pytest.importorskip("sglang")
+
+HOT = torch.tensor([0, 5, 17, 49151])
+
+
+@pytest.fixture(scope="module")
+def target_dir(target):
+    return str(target.path)
+
+
+@pytest.fixture(scope="module")
+def drafts(tmp_path_factory, target):
+    """eagle / mtp / eagle_hot in our format, and `reference`: a HASS reference release (bin)."""
+    root = tmp_path_factory.mktemp("drafts")
+    cfg = target.config
+    out = {
+        "eagle": save_draft(build_head("eagle", cfg, seed=0), root / "eagle", cfg),
+        "mtp": save_draft(build_head("mtp", cfg, seed=0), root / "mtp", cfg),
+        "eagle_hot": save_draft(build_head("eagle", cfg, hot_token_ids=HOT, seed=0), root / "eagle_hot", cfg),
+    }
+    ref = root / "HASS-ref"
+    ref.mkdir()
+    ref_cfg = cfg.to_dict()
+    ref_cfg.update(architectures=["LlamaForCausalLM"], num_hidden_layers=1, bias=True)
+    (ref / "config.json").write_text(json.dumps(ref_cfg))
+    sd = dict(build_head("eagle", cfg, seed=1).state_dict())
+    sd["embed_tokens.weight"] = target.embed_tokens.weight.detach().clone()
+    torch.save(sd, ref / "pytorch_model.bin")
+    out["reference"] = ref
+    return {k: str(v) for k, v in out.items()}
+
+
+@pytest.fixture(autouse=True)
+def draft_cache(tmp_path, monkeypatch):
+    """Converted drafts go to a per-test cache (HASS_CACHE is read at call time, children inherit it)."""
+    monkeypatch.setenv("HASS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "drafts"
+
+
+def argv(target_dir, draft=None, algo="HASS", *extra):
+    a = ["--model-path", target_dir, "--speculative-algorithm", algo, "--device", "cpu"]
+    if draft is not None:
+        a += ["--speculative-draft-model-path", draft]
+    return a + list(extra)
+
+
+def resolve(args):
+    from hass_sglang.sglang_plugin import resolve_launch_flags
+
+    return resolve_launch_flags(args)
+
+
+def _child_resolve(args, queue):
+    from hass_sglang.sglang_plugin import resolve_launch_flags
+
+    queue.put(resolve_launch_flags(args))
+
+
+def _child_receives_resolved_args(server_args, queue):
+    """What a spawned scheduler sees: pickled, already-resolved ServerArgs, plugins loaded again."""
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.models.registry import ModelRegistry
+    from sglang.srt.plugins import load_plugins
+
+    from hass_sglang.sglang_plugin import resolved_speculative_args
+
+    from sglang.srt.runtime_context import get_spec, publish
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    load_plugins()
+    out = resolved_speculative_args(server_args)
+    # The scheduler publishes the record; its workers read the algorithm from the config bag.
+    publish(server_args, role="scheduler")
+    out["published_algorithm"] = get_spec().speculative_algorithm
+    out["published_is_eagle"] = SpeculativeAlgorithm.from_string(get_spec().speculative_algorithm).is_eagle()
+    draft = ModelConfig(out["speculative_draft_model_path"], is_draft_model=True)
+    cls, arch = ModelRegistry.resolve_model_cls(draft.hf_config.architectures)
+    out.update(draft_class=f"{cls.__module__}.{cls.__qualname__}", draft_arch=arch,
+               nextn_layers=draft.num_nextn_predict_layers)
+    queue.put(out)
+
+
+def run_spawned(fn, *args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(*args, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=500)
+    finally:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+
+
+HASS_TREE = {"speculative_num_steps": 6, "speculative_eagle_topk": 10, "speculative_num_draft_tokens": 60}
+
+
+@pytest.mark.parametrize("spelling", ["HASS", "hass"])
+def test_hass_resolves_to_sglang_eagle_with_paper_defaults(target_dir, drafts, spelling):
+    got = resolve(argv(target_dir, drafts["eagle"], spelling))
+    assert got["speculative_algorithm"] == "EAGLE"
+    assert got["requested_algorithm"] == spelling  # SGLang's raw record keeps what was asked for
+    assert got["speculative_draft_model_path"] == drafts["eagle"]
+    assert {k: got[k] for k in HASS_TREE} == HASS_TREE
+    assert got["speculative_token_map"] is None
+
+
+def test_user_tree_flags_win(target_dir, drafts):
+    got = resolve(argv(target_dir, drafts["eagle"], "HASS", "--speculative-num-steps", "3",
+                       "--speculative-eagle-topk", "4", "--speculative-num-draft-tokens", "8"))
+    assert (got["speculative_num_steps"], got["speculative_eagle_topk"], got["speculative_num_draft_tokens"]) == (3, 4, 8)
+    # Only some flags given: the rest are HASS defaults; top-k 1 makes a chain (SGLang's rule).
+    got = resolve(argv(target_dir, drafts["eagle"], "HASS", "--speculative-eagle-topk", "1"))
+    assert (got["speculative_num_steps"], got["speculative_eagle_topk"], got["speculative_num_draft_tokens"]) == (6, 1, 7)
+
+
+def test_other_algorithms_are_untouched(target_dir, drafts):
+    got = resolve(argv(target_dir, drafts["eagle"], "EAGLE"))
+    assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "EAGLE"
+    # SGLang's own Llama defaults, not HASS's: the plugin only acts on HASS.
+    assert (got["speculative_num_steps"], got["speculative_eagle_topk"], got["speculative_num_draft_tokens"]) == (5, 4, 8)
+
+
+def test_reduced_vocabulary_draft_passes_its_token_map(target_dir, drafts):
+    got = resolve(argv(target_dir, drafts["eagle_hot"]))
+    assert got["speculative_token_map"] == f"{drafts['eagle_hot']}/hot_token_map.pt"
+    assert torch.load(got["speculative_token_map"], weights_only=True) == HOT.tolist()
+    assert json.loads(open(f"{drafts['eagle_hot']}/config.json").read())["hot_vocab_size"] == len(HOT)
+
+
+def test_reference_release_is_converted_into_the_cache(target_dir, drafts, draft_cache):
+    got = resolve(argv(target_dir, drafts["reference"]))
+    converted = got["speculative_draft_model_path"]
+    assert converted.startswith(str(draft_cache)) and got["speculative_algorithm"] == "EAGLE"
+    cfg = json.loads(open(f"{converted}/config.json").read())
+    assert cfg["architectures"] == [EAGLE_ARCH] and cfg["tie_word_embeddings"] is False
+    assert "embed_tokens.weight" not in load_file(f"{converted}/model.safetensors")
+    # Second launch reuses the conversion.
+    assert resolve(argv(target_dir, drafts["reference"]))["speculative_draft_model_path"] == converted
+
+
+def test_spawned_child_resolves_hass_like_the_launcher(target_dir, drafts):
+    """The scheduler is a spawned process: the entry point (not a launcher monkeypatch) must act there."""
+    got = run_spawned(_child_resolve, argv(target_dir, drafts["mtp"], "hass"))
+    assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "hass"
+    assert {k: got[k] for k in HASS_TREE} == HASS_TREE
+
+
+@pytest.mark.parametrize("kind,arch,cls", [
+    ("eagle", EAGLE_ARCH, "sglang.srt.models.llama_eagle.LlamaForCausalLMEagle"),
+    ("mtp", MTP_ARCH, "hass_sglang.sglang_models.llama_nextn.LlamaForCausalLMNextN"),
+])
+def test_scheduler_child_gets_eagle_args_and_the_right_draft_class(target_dir, drafts, kind, arch, cls):
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+
+    load_plugins()
+    server_args = prepare_server_args(argv(target_dir, drafts[kind]))
+    server_args.resolve_once()
+    # Where SGLang records the request it keeps HASS; its resolved view says EAGLE.
+    assert server_args.speculative_algorithm == "HASS" and "--speculative-algorithm HASS" in server_args.launch_command
+    assert server_args.resolved_dict()["speculative_algorithm"] == "EAGLE"
+    got = run_spawned(_child_receives_resolved_args, server_args)
+    assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "HASS"
+    assert got["published_algorithm"] == "EAGLE" and got["published_is_eagle"] is True
+    assert (got["draft_arch"], got["draft_class"]) == (arch, cls)
+    if kind == "mtp":
+        assert got["nextn_layers"] == 1  # SGLang sizes the draft KV pool to one layer
+
+
+# --- refusals: each mismatch named, before anything is served -----------------------------------
+
+
+def _edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _edit_weights(folder, drop=(), add=None):
+    w = load_file(str(folder / "model.safetensors"))
+    for k in drop:
+        del w[k]
+    w.update(add or {})
+    save_file(w, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("hidden_size", r"hidden_size: draft 64 != target 576"),
+    ("vocab", r"vocab_size: draft 1000 != target 49152"),
+    ("missing_weight", r"missing weights \['layers.0.mlp.down_proj.weight'\]"),
+    ("unexpected_weight", r"unexpected weights \['layers.0.extra.weight'\]"),
+    ("tied", r"tie_word_embeddings is true"),
+    ("missing_fc_bias", r"missing weights \['fc.bias'\]"),
+    ("mtp_layer_index", r"num_hidden_layers 12 != target's 30"),
+])
+def test_mismatched_drafts_are_refused_with_the_mismatch_named(tmp_path, target, target_dir, case, match):
+    cfg = target.config
+    folder = save_draft(build_head("mtp" if case == "mtp_layer_index" else "eagle", cfg, seed=0), tmp_path / case, cfg)
+    if case == "hidden_size":
+        _edit_config(folder, hidden_size=64)
+    elif case == "vocab":
+        _edit_config(folder, vocab_size=1000)
+    elif case == "missing_weight":
+        _edit_weights(folder, drop=["layers.0.mlp.down_proj.weight"])
+    elif case == "unexpected_weight":
+        _edit_weights(folder, add={"layers.0.extra.weight": torch.zeros(2)})
+    elif case == "tied":
+        _edit_config(folder, tie_word_embeddings=True)
+    elif case == "missing_fc_bias":
+        _edit_weights(folder, drop=["fc.bias"])
+    elif case == "mtp_layer_index":
+        _edit_config(folder, num_hidden_layers=12)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder)))
+
+
+def test_unusable_requests_are_refused(tmp_path, target_dir):
+    with pytest.raises(HassError, match="needs --speculative-draft-model-path"):
+        plan_launch(LaunchRequest(target_path=target_dir))
+    with pytest.raises(HassError, match="not a local folder with config.json"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(tmp_path / "nope")))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(CheckpointMismatchError, match="unrecognised draft architecture 'Qwen2ForCausalLM'"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(tmp_path / "other")))
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        LaunchRequest(target_path=target_dir, draft_path=None, num_step=3)
+
+
+def test_tree_shape_defaults_and_overrides():
+    assert tree_shape(None, None, None) == (6, 10, 60)
+    assert tree_shape(3, None, None) == (3, 10, 60)
+    assert tree_shape(None, 2, None) == (6, 2, 23)  # never more tokens than the tree holds
+    assert tree_shape(4, 1, None) == (4, 1, 5)
+    assert tree_shape(2, 2, 3) == (2, 2, 3)
+    with pytest.raises(HassError, match="must be >= 1"):
+        tree_shape(0, None, None)
+
+
+def test_launch_server_refuses_a_mismatched_draft_and_exits(tmp_path, target, target_dir):
+    """`python -m sglang.launch_server ... --speculative-algorithm HASS` stops with the reason, no hang."""
+    folder = save_draft(build_head("eagle", target.config, seed=0), tmp_path / "bad", target.config)
+    _edit_config(folder, hidden_size=64)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sglang.launch_server", *argv(target_dir, str(folder))],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "CheckpointMismatchError" in proc.stderr and "hidden_size: draft 64 != target 576" in proc.stderr
+
+
+# --- the Llama MTP draft class -----------------------------------------------------------------
+
+
+def test_llama_nextn_maps_every_checkpoint_tensor_to_sglang_parameters(tmp_path, target):
+    """Every tensor of our MTP format lands on a parameter of SGLang's layer names (fused q/k/v and
+    gate/up with their shard ids); embedding / lm_head copies are skipped (the target's are shared).
+    Building the module itself needs SGLang's CPU backend or a GPU (rotary kernels), see docs."""
+    from hass_sglang.sglang_models.llama_nextn import checkpoint_to_param_name
+
+    L = target.config.num_hidden_layers
+    folder = save_draft(build_head("mtp", target.config, seed=0), tmp_path / "mtp", target.config)
+    names = list(load_file(str(folder / "model.safetensors")))
+    mapped = {n: checkpoint_to_param_name(n, L) for n in names}
+    assert {m for m in mapped.values()} == {
+        ("model.enorm.weight", None), ("model.hnorm.weight", None), ("model.eh_proj.weight", None),
+        ("model.shared_head_norm.weight", None),
+        ("model.decoder.input_layernorm.weight", None), ("model.decoder.post_attention_layernorm.weight", None),
+        ("model.decoder.self_attn.qkv_proj.weight", "q"), ("model.decoder.self_attn.qkv_proj.weight", "k"),
+        ("model.decoder.self_attn.qkv_proj.weight", "v"), ("model.decoder.self_attn.o_proj.weight", None),
+        ("model.decoder.mlp.gate_up_proj.weight", 0), ("model.decoder.mlp.gate_up_proj.weight", 1),
+        ("model.decoder.mlp.down_proj.weight", None),
+    }
+    for shared in (f"model.layers.{L}.embed_tokens.weight", f"model.layers.{L}.shared_head.head.weight", "lm_head.weight"):
+        assert checkpoint_to_param_name(shared, L) is None
+
+
+def test_register_is_idempotent_and_cheap_to_import():
+    code = (
+        "import sys, hass_sglang.sglang_plugin as p; "
+        "assert not any(m == 'sglang' or m.startswith('sglang.') for m in sys.modules), 'sglang imported at import'; "
+        "p.register(); p.register(); "
+        "import torch; assert not torch.cuda.is_initialized(); "
+        "from sglang.srt.models.registry import ModelRegistry; "
+        "print(ModelRegistry.resolve_model_cls(['LlamaForCausalLMNextN'])[0].__module__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "hass_sglang.sglang_models.llama_nextn"
+
+
+def test_older_reduced_vocabulary_export_is_normalised_into_the_cache(tmp_path, target, target_dir, draft_cache):
+    """Exports written before `hot_vocab_size` was a top-level field get a cached copy SGLang can size."""
+    cfg = target.config
+    folder = save_draft(build_head("eagle", cfg, hot_token_ids=HOT, seed=0), tmp_path / "old_hot", cfg)
+    conf = json.loads((folder / "config.json").read_text())
+    del conf["hot_vocab_size"]
+    (folder / "config.json").write_text(json.dumps(conf))
+    plan = plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder)))
+    assert plan.converted_from == str(folder) and plan.speculative_draft_model_path.startswith(str(draft_cache))
+    assert json.loads(open(f"{plan.speculative_draft_model_path}/config.json").read())["hot_vocab_size"] == len(HOT)
+    assert plan.speculative_token_map == f"{plan.speculative_draft_model_path}/hot_token_map.pt"
+    with pytest.raises(CheckpointMismatchError, match="drop --speculative-token-map"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder), token_map="/x/map.pt"))
+
+
+def test_deepseek_target_without_draft_uses_sglangs_nextn(tmp_path):
+    """DeepSeek checkpoints carry their MTP layer: SGLang points the draft at the target and loads its
+    own DeepseekV3ForCausalLMNextN; the plan only supplies the HASS tree."""
+    folder = tmp_path / "dsv3"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "num_nextn_predict_layers": 1,
+    }))
+    plan = plan_launch(LaunchRequest(target_path=str(folder)))
+    assert (plan.head_kind, plan.draft_format, plan.speculative_draft_model_path) == ("mtp", "sglang-mtp", None)
+    assert "speculative_draft_model_path" not in plan.server_args_fields()
+    assert (plan.speculative_num_steps, plan.speculative_eagle_topk, plan.speculative_num_draft_tokens) == (6, 10, 60)
+
+
+def test_engine_style_server_args_resolve_too(target_dir, drafts):
+    """`sglang.Engine(**kwargs)` builds ServerArgs from keywords (after load_plugins) and resolves it."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import ServerArgs
+
+    from hass_sglang.sglang_plugin import resolved_speculative_args
+
+    load_plugins()
+    server_args = ServerArgs(model_path=target_dir, speculative_algorithm="Hass",
+                             speculative_draft_model_path=drafts["mtp"], device="cpu")
+    server_args.resolve_once()
+    got = resolved_speculative_args(server_args)
+    assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "Hass"
+    assert {k: got[k] for k in HASS_TREE} == HASS_TREE
