@@ -38,8 +38,16 @@ step $hass train --features "$RUN/features" --epochs "$CONT_EPOCHS" --lr 3e-4 --
 step .venv/bin/python benchmarks/bench_drafts.py --per-set 3 --max-new-tokens 64 --json "$RUN/tau.json" \
     --drafts eagle2="$RUN/eagle2/draft" hass="$RUN/hass/draft" mtp="$RUN/mtp/draft" hass-mtp="$RUN/hass-mtp/draft" \
     --compare hass:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
+# 6. ship: bf16 copies (half the size; drafts run in bf16 anyway) into the package
 if [ "${SHIP:-0}" = 1 ]; then
     for d in eagle2:smollm2-135m-eagle2 hass:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp hass-mtp:smollm2-135m-hass-mtp; do
-        rm -rf "hass_sglang/drafts/${d#*:}" && mkdir -p hass_sglang/drafts && cp -r "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}"
+        .venv/bin/python - "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}" <<'PY'
+import sys, torch
+from hass_sglang.checkpoint import load_draft, read_draft_metadata, save_draft
+from hass_sglang.target import load_target
+target = load_target()
+head = load_draft(sys.argv[1], target.config).to(torch.bfloat16)
+save_draft(head, sys.argv[2], target.config, metadata=read_draft_metadata(sys.argv[1]))
+PY
     done
 fi
