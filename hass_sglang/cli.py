@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -171,6 +172,11 @@ def cmd_train(args) -> int:
     from hass_sglang.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data-parallel training
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,

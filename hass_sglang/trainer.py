@@ -1,7 +1,11 @@
 """`hass train`: EAGLE-2 / HASS training of a draft head on extracted features, resumable.
 
-One process on CPU (multi-GPU through torchrun is not wired up yet). The frozen target contributes
-its embedding and lm_head only; the body's work was done once by `hass features`.
+One process on CPU, or data-parallel under torchrun (`torchrun --nproc-per-node N -m
+hass_sglang.cli train ...`; gloo on CPU, the only device wired so far): every rank takes its slice of each global
+batch of N x batch_size sequences, gradients are averaged with all_reduce before the optimizer
+step, so all ranks keep identical weights; rank 0 alone logs, validates and writes. The frozen
+target contributes its embedding and lm_head only; the body's work was done once by
+`hass features`.
 
 State saved after every epoch (atomically, `checkpoint/`): head, optimizer, scheduler, epoch and
 the metrics so far; the data order of epoch e is a function of (seed, e), so a run killed and
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, model_validator
 from tqdm import tqdm
 
@@ -190,15 +195,33 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params, world: int) -> None:
+    """Data parallelism: the mean of the ranks' gradients (what DDP computes), one all_reduce each."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the exported draft folder."""
+    rank, world = _dist()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     cfg_file = out / "train_config.json"
     if cfg_file.is_file() and json.loads(cfg_file.read_text()) != cfg.model_dump(mode="json"):
         raise HassError(f"{out} holds a run with a different config; use a new --out")
-    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    if world > 1:
+        dist.barrier()  # every rank checked the config before rank 0 writes it
+    if rank == 0:
+        cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
 
     lm_weight = target.lm_head.weight.detach().float()
     samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.topk)
@@ -212,6 +235,9 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         hot = None if cfg.draft_vocab is None else hot_vocabulary(samples, cfg.draft_vocab, target.eos_token_ids)
         head = init_for_training(build_head(cfg.head, target.config, hot_token_ids=hot, seed=cfg.seed))
     head.float().train()
+    if world > 1:  # identical starting weights whatever each rank's RNG did before
+        for p in head.parameters():
+            dist.broadcast(p.data, 0)
     embed = target.embed_tokens
     vocab_size = lm_weight.shape[0]
     if head.hot_token_ids is None:
@@ -220,7 +246,8 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         vocab_map = torch.full((vocab_size,), -1, dtype=torch.long)
         vocab_map[head.hot_token_ids] = torch.arange(head.hot_token_ids.numel())
     draft_lm_weight = head.draft_lm_head_weight(lm_weight)
-    steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    global_batch = cfg.batch_size * world
+    steps_per_epoch = math.ceil(len(samples) / global_batch)
     total_steps = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
@@ -242,12 +269,16 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     for epoch in range(start_epoch, cfg.epochs):
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0)
         for i in bar:
-            batch = _batch([samples[k] for k in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]], vocab_map)
+            chunk = order[i * global_batch : (i + 1) * global_batch]
+            mine = chunk[rank::world] or chunk[:1]  # a short last batch: spare ranks repeat one sample
+            batch = _batch([samples[k] for k in mine], vocab_map)
             loss, metrics = batch_loss(head, embed, draft_lm_weight, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_gradients(head.parameters(), world)
             torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
@@ -255,6 +286,8 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['step1/top1']:.3f}")
         history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        if rank > 0:
+            continue  # rank 0 validates and writes; the others hold the same weights
         if cfg.val_prompts:
             history[-1]["val_tau"] = validation_tau(target, head, cfg.val_prompts, cfg.val_max_new_tokens)
             head.float().train()
@@ -264,6 +297,10 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
                            "epoch": epoch + 1, "history": history})
     seconds = time.perf_counter() - t_start
     export = out / "draft"
+    if world > 1:
+        dist.barrier()
+        if rank > 0:
+            return export
     save_draft(head.eval(), export, target.config, metadata={
         "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(samples),
         "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),

@@ -84,3 +84,27 @@ def test_reduced_draft_vocabulary_is_trained_and_exported(tmp_path, target, feat
     assert all(h["val_tau"] >= 1.0 for h in hist)  # tokens per target forward through the reference decoder
     with pytest.raises(HassError, match="cannot change the vocabulary"):
         train(cfg(feats, tmp_path / "x", init_from=str(export), draft_vocab=32), target, progress=False)
+
+
+@pytest.mark.slow
+def test_data_parallel_training_under_torchrun(tmp_path, target, feats):
+    """Two gloo ranks on CPU: the run completes, rank 0 exports, and the global batch is split."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "hass_sglang.cli", "train", "--features", str(feats), "--out", str(out), "--epochs", "2",
+           "--batch-size", "2", "--lr", "3e-4", "--seed", "1", "--threads", "1", "--objective", "eagle2"]
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(trainer.__file__).resolve().parents[1])}  # this checkout's code
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    export = out / "draft"
+    hist = read_draft_metadata(export)["history"]
+    assert len(hist) == 2 and hist[-1]["loss"] < hist[0]["loss"]
+    # 8 samples, 2 ranks x batch 2 = 4 per step: 2 steps per epoch, one checkpoint per epoch
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["scheduler"]["last_epoch"] == 4
+    load_draft(export, target.config)
