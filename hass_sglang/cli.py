@@ -37,6 +37,15 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+def init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo, the CPU backend."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+
+
 def load_head(draft: str, head_type: str, target):
     from hass_sglang.checkpoint import load_draft
     from hass_sglang.heads import build_head
@@ -149,6 +158,7 @@ def cmd_regenerate(args) -> int:
 def cmd_features(args) -> int:
     import torch
 
+    init_distributed()
     from hass_sglang.features import FeatureConfig, extract_features
     from hass_sglang.target import load_target
 
@@ -160,6 +170,8 @@ def cmd_features(args) -> int:
     )
     target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
     m = extract_features(target, cfg, args.out)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"{args.out}: {m['samples']} samples, {m['tokens']} tokens ({m['loss_tokens']} in the loss), "
           f"{m['truncated']} truncated, skipped {m['skipped'] or 'none'}")
     return 0
@@ -172,11 +184,7 @@ def cmd_train(args) -> int:
     from hass_sglang.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: data-parallel training
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
+    init_distributed()
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,

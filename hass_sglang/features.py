@@ -15,6 +15,7 @@ versions, counts and every skipped record with its reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from collections import Counter
@@ -31,7 +32,7 @@ from hass_sglang.losses import teacher_topk
 from hass_sglang.target import Target
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-shard counts and indices (data-parallel extraction)
 
 
 class FeatureConfig(BaseModel):
@@ -93,71 +94,118 @@ def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, .
     return res
 
 
+def _shard(target: Target, cfg: FeatureConfig, chunk, storage) -> tuple[dict | None, dict]:
+    """Features of one shard's conversations: (tensors to save or None, its manifest entry)."""
+    samples, skipped, truncated = [], Counter(), 0
+    for conv in chunk:
+        ids, mask, cut = tokenize_conversation(target.tokenizer, conv, cfg.max_length)
+        truncated += cut
+        if sum(mask) == 0:
+            skipped["no assistant tokens within max_length"] += 1
+            continue
+        samples.append((conv.id, ids, mask))
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i][1]))
+    feats: dict[int, dict] = {}
+    i = 0
+    while i < len(order):  # length-sorted batches bounded by batch_tokens
+        j = i + 1
+        while j < len(order) and (j - i + 1) * len(samples[order[j]][1]) <= cfg.batch_tokens:
+            j += 1
+        batch = [samples[k][1] for k in order[i:j]]
+        for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers, cfg.teacher_topk)):
+            feats[k] = f
+        i = j
+    lengths = [len(s[1]) for s in samples]
+    entry = {"conversations": len(chunk), "samples": len(samples), "tokens": sum(lengths),
+             "loss_tokens": sum(sum(s[2]) for s in samples), "truncated": truncated, "skipped": dict(skipped)}
+    if not samples:
+        return None, entry
+    tensors: dict[str, list[torch.Tensor]] = {}
+    for k, (_, ids, mask) in enumerate(samples):
+        tensors.setdefault("input_ids", []).append(torch.tensor(ids, dtype=torch.int32))
+        tensors.setdefault("loss_mask", []).append(torch.tensor(mask, dtype=torch.uint8))
+        for name, t in feats[k].items():
+            tensors.setdefault(name, []).append(t if name.startswith("teacher_") else t.to(storage))
+    flat = {k: torch.cat(v) for k, v in tensors.items()}
+    flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+    return {"tensors": flat, "ids": [s[0] for s in samples]}, entry
+
+
+def _totals(manifest: dict) -> None:
+    """Manifest-level counts as sums over the shard entries (so ranks can write entries apart)."""
+    manifest["shards"].sort(key=lambda e: e["index"])
+    for key in ("samples", "tokens", "loss_tokens", "truncated"):
+        manifest[key] = sum(e[key] for e in manifest["shards"])
+    skipped: Counter = Counter()
+    for e in manifest["shards"]:
+        skipped.update(e["skipped"])
+    manifest["skipped"] = dict(skipped)
+
+
 def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) feature extraction; returns the manifest."""
+    """Run (or resume) feature extraction; returns the manifest.
+
+    Data-parallel under torchrun (an initialised torch.distributed group): rank r computes the
+    shards whose index is r modulo the world size and records them in its own
+    `progress.rank{r}.json`; rank 0 merges every rank's entries into manifest.json at the end. A
+    resumed run, with any number of ranks, skips every shard recorded in either place."""
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
     if manifest is not None and manifest["config"] != cfg.model_dump(mode="json"):
         raise HassError(f"{out_dir} holds features made with a different config; use a new folder")
+    if manifest is not None and manifest.get("format_version", 1) < 2:
+        if manifest.get("complete"):
+            return manifest  # a finished older-format set stays usable as it is
+        raise HassError(f"{out_dir} holds unfinished features of an older format; use a new folder")
     if manifest is None:
         manifest = {"format_version": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "versions": _versions(),
                     "hidden_size": int(target.config.hidden_size), "vocab_size": int(target.config.vocab_size),
-                    "shards": [], "skipped": {}, "truncated": 0, "samples": 0, "tokens": 0, "loss_tokens": 0,
-                    "complete": False}
+                    "shards": [], "complete": False}
+    progress_files = sorted(out_dir.glob("progress.rank*.json"))
+    entries = {e["index"]: e for e in manifest["shards"]}
+    for f in progress_files:
+        entries.update({e["index"]: e for e in json.loads(f.read_text())})
     convs = load_sharegpt(cfg.data)
-    done = sum(s["conversations"] for s in manifest["shards"])
+    n_shards = math.ceil(len(convs) / cfg.shard_size)
+    todo = [i for i in range(n_shards) if i not in entries and i % world == rank]
+    mine_file = out_dir / f"progress.rank{rank}.json"
+    mine = [e for e in entries.values() if e["index"] % world == rank] if world > 1 else []
     storage = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    bar = tqdm(total=len(convs), initial=done, desc="features", disable=not progress)
-    while done < len(convs):
-        chunk = convs[done : done + cfg.shard_size]
-        samples, skipped, truncated = [], Counter(), 0
-        for conv in chunk:
-            ids, mask, cut = tokenize_conversation(target.tokenizer, conv, cfg.max_length)
-            truncated += cut
-            if sum(mask) == 0:
-                skipped["no assistant tokens within max_length"] += 1
-                continue
-            samples.append((conv.id, ids, mask))
-        tensors: dict[str, list[torch.Tensor]] = {}
-        order = sorted(range(len(samples)), key=lambda i: len(samples[i][1]))
-        feats: dict[int, dict] = {}
-        i = 0
-        while i < len(order):  # length-sorted batches bounded by batch_tokens
-            j = i + 1
-            while j < len(order) and (j - i + 1) * len(samples[order[j]][1]) <= cfg.batch_tokens:
-                j += 1
-            batch = [samples[k][1] for k in order[i:j]]
-            for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers, cfg.teacher_topk)):
-                feats[k] = f
-            i = j
-        lengths = [len(s[1]) for s in samples]
-        for k, (_, ids, mask) in enumerate(samples):
-            tensors.setdefault("input_ids", []).append(torch.tensor(ids, dtype=torch.int32))
-            tensors.setdefault("loss_mask", []).append(torch.tensor(mask, dtype=torch.uint8))
-            for name, t in feats[k].items():
-                tensors.setdefault(name, []).append(t if name.startswith("teacher_") else t.to(storage))
-        index = len(manifest["shards"])
+    for index in tqdm(todo, desc="features", disable=not progress or rank > 0):
+        chunk = convs[index * cfg.shard_size : (index + 1) * cfg.shard_size]
+        data, entry = _shard(target, cfg, chunk, storage)
         name = f"shard-{index:05d}.safetensors"
-        if samples:
-            flat = {k: torch.cat(v) for k, v in tensors.items()}
-            flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+        if data is not None:  # the shard file first, then its record: a kill never records a missing file
             tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-            save_file(flat, str(tmp), metadata={"ids": json.dumps([s[0] for s in samples])})
+            save_file(data["tensors"], str(tmp), metadata={"ids": json.dumps(data["ids"])})
             os.replace(tmp, out_dir / name)
-        manifest["shards"].append({"file": name if samples else None, "conversations": len(chunk), "samples": len(samples)})
-        for why, n in skipped.items():
-            manifest["skipped"][why] = manifest["skipped"].get(why, 0) + n
-        manifest["truncated"] += truncated
-        manifest["samples"] += len(samples)
-        manifest["tokens"] += sum(lengths)
-        manifest["loss_tokens"] += sum(sum(s[2]) for s in samples)
-        _write_json_atomic(out_dir / MANIFEST, manifest)
-        done += len(chunk)
-        bar.update(len(chunk))
-    bar.close()
-    manifest["complete"] = True
+        entry = {"index": index, "file": name if data is not None else None, **entry}
+        if world > 1:
+            mine.append(entry)
+            _write_json_atomic(mine_file, mine)
+        else:
+            manifest["shards"].append(entry)
+            _totals(manifest)
+            _write_json_atomic(out_dir / MANIFEST, manifest)
+    if world > 1:
+        dist.barrier()
+        if rank > 0:  # this rank's share only; rank 0 returns and writes the whole
+            manifest = {**manifest, "shards": mine}
+            _totals(manifest)
+            return manifest
+        for f in sorted(out_dir.glob("progress.rank*.json")):
+            entries.update({e["index"]: e for e in json.loads(f.read_text())})
+        manifest["shards"] = list(entries.values())
+    manifest["complete"] = len(manifest["shards"]) == n_shards
+    _totals(manifest)
     _write_json_atomic(out_dir / MANIFEST, manifest)
+    if manifest["complete"]:
+        for f in out_dir.glob("progress.rank*.json"):
+            f.unlink()
     return manifest
 
 

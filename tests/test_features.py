@@ -77,3 +77,29 @@ def test_config_change_and_hidden_size_mismatch_are_refused(tmp_path, target, sm
         load_shard(tmp_path / "f", entry, 4096)
     with pytest.raises(Exception):
         FeatureConfig(data="x", target="y", max_lenght=3)
+
+
+@pytest.mark.slow
+def test_data_parallel_extraction_under_torchrun_equals_one_process(tmp_path, target, small_data):
+    """Two gloo ranks split the shards (index modulo 2); rank 0 merges one manifest."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = FeatureConfig(data=str(small_data), target="smollm2-135m-instruct", max_length=128, shard_size=2, batch_tokens=256)
+    one = extract_features(target, cfg, tmp_path / "one", progress=False)
+    env = {**os.environ, "PYTHONPATH": str(Path(features.__file__).resolve().parents[1])}  # this checkout's code
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "hass_sglang.cli", "features", "--data", str(small_data), "--out", str(tmp_path / "two"),
+           "--max-length", "128", "--shard-size", "2", "--batch-tokens", "256", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = read_manifest(tmp_path / "two")
+    assert two["complete"] and [e["index"] for e in two["shards"]] == [0, 1, 2, 3]
+    for key in ("samples", "tokens", "loss_tokens", "truncated", "skipped"):
+        assert two[key] == one[key]
+    assert not list((tmp_path / "two").glob("progress.rank*.json"))
+    a, b = all_samples(tmp_path / "one", 576), all_samples(tmp_path / "two", 576)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) and torch.allclose(x["hidden"], y["hidden"], atol=1e-4)
+               for x, y in zip(a, b, strict=True))
