@@ -5,6 +5,7 @@
 #
 #   bash scripts/setup_env.sh && bash scripts/train_drafts.sh            # RUN=runs/v2 by default
 #   SHIP=1 bash scripts/train_drafts.sh                                   # also copy drafts into hass_sglang/drafts/
+#   SHIP_ONLY=1 bash scripts/train_drafts.sh                              # only copy finished drafts
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -17,6 +18,20 @@ LR="${LR:-1e-3}"
 hass=".venv/bin/hass"
 mkdir -p "$RUN"
 step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
+# ship: bf16 copies of the four drafts (half the size; drafts run in bf16 anyway) into the package
+ship() {
+    for d in eagle2:smollm2-135m-eagle2 hass:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp hass-mtp:smollm2-135m-hass-mtp; do
+        .venv/bin/python - "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}" <<'PY'
+import sys, torch
+from hass_sglang.checkpoint import load_draft, read_draft_metadata, save_draft
+from hass_sglang.target import load_target
+target = load_target()
+head = load_draft(sys.argv[1], target.config).to(torch.bfloat16)
+save_draft(head, sys.argv[2], target.config, metadata=read_draft_metadata(sys.argv[1]))
+PY
+    done
+}
+if [ "${SHIP_ONLY:-0}" = 1 ]; then ship; exit 0; fi
 
 # 1. data: ShareGPT first exchanges + GSM8K train questions (answers are replaced below)
 [ -f "$RUN/sharegpt.json" ] || step $hass data --source "$DATA/sharegpt_sample/sharegpt_v3_sample_first_exchange.json" \
@@ -38,16 +53,4 @@ step $hass train --features "$RUN/features" --epochs "$CONT_EPOCHS" --lr 3e-4 --
 step .venv/bin/python benchmarks/bench_drafts.py --per-set 3 --max-new-tokens 64 --json "$RUN/tau.json" \
     --drafts eagle2="$RUN/eagle2/draft" hass="$RUN/hass/draft" mtp="$RUN/mtp/draft" hass-mtp="$RUN/hass-mtp/draft" \
     --compare hass:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
-# 6. ship: bf16 copies (half the size; drafts run in bf16 anyway) into the package
-if [ "${SHIP:-0}" = 1 ]; then
-    for d in eagle2:smollm2-135m-eagle2 hass:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp hass-mtp:smollm2-135m-hass-mtp; do
-        .venv/bin/python - "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}" <<'PY'
-import sys, torch
-from hass_sglang.checkpoint import load_draft, read_draft_metadata, save_draft
-from hass_sglang.target import load_target
-target = load_target()
-head = load_draft(sys.argv[1], target.config).to(torch.bfloat16)
-save_draft(head, sys.argv[2], target.config, metadata=read_draft_metadata(sys.argv[1]))
-PY
-    done
-fi
+if [ "${SHIP:-0}" = 1 ]; then ship; fi
