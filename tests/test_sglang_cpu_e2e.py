@@ -1,0 +1,69 @@
+"""End to end on a CPU host: a real `sglang.launch_server --speculative-algorithm HASS` (SmolLM2-135M
+target, random EAGLE draft built here) answers chat requests through the `openai` client, and at
+T=0 its text equals SGLang's own non-speculative output. One server at a time, fp32, small tree.
+"""
+
+import json
+import urllib.request
+
+import pytest
+
+from hass_sglang.checkpoint import save_draft
+from hass_sglang.eval_sets import load_questions
+from hass_sglang.heads import build_head
+from hass_sglang.sglang_cpu.serve import cpu_server
+
+pytestmark = pytest.mark.slow
+
+SETS = ("mt_bench", "gsm8k")
+PER_SET = 2
+MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [q.turns[0] for name in SETS for q in load_questions(name, limit=PER_SET)]
+
+
+@pytest.fixture(scope="module")
+def random_draft(tmp_path_factory, target):
+    return str(save_draft(build_head("eagle", target.config, seed=0), tmp_path_factory.mktemp("d") / "eagle",
+                          target.config))
+
+
+def _chat(client, prompt, stream=False, **kw):
+    args = dict(model="default", messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS,
+                temperature=0, **kw)
+    if not stream:
+        return client.chat.completions.create(**args).choices[0].message.content
+    return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **args)
+                   if c.choices)
+
+
+def _meta(url, text):
+    body = {"text": text, "sampling_params": {"max_new_tokens": MAX_TOKENS, "temperature": 0}}
+    req = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.load(r)["meta_info"]
+
+
+def _answers(url, prompts):
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=600)
+    plain = [_chat(client, p) for p in prompts]
+    streamed = _chat(client, prompts[0], stream=True)
+    return plain, streamed, _meta(url, prompts[0])
+
+
+def test_hass_on_cpu_serves_and_matches_plain_decoding_at_t0(target, random_draft, prompts, tmp_path, record_property):
+    with cpu_server(str(target.path), log_path=tmp_path / "vanilla.log") as url:
+        ref, ref_stream, _ = _answers(url, prompts)
+    with cpu_server(str(target.path), random_draft, log_path=tmp_path / "hass.log") as url:
+        got, got_stream, meta = _answers(url, prompts)
+    assert all(ref), ref
+    assert got == ref
+    assert got_stream == ref_stream == ref[0]
+    assert meta["spec_verify_ct"] > 0  # the speculative path ran
+    record_property("spec_accept_length", meta.get("spec_accept_length"))
+    print("spec meta_info:", {k: v for k, v in meta.items() if k.startswith("spec")})
