@@ -324,3 +324,57 @@ def test_extend_attention(g, tree):
             idx = r2t[rpi[b], cols].long()
             row = int(starts[b]) + t
             torch.testing.assert_close(o[row].double(), _ref_attn(q[row], kb[idx], vb[idx], 0.25), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ T>0 verification hook
+
+
+def _built_tree(seed, bs=3, topk=2, depth=4, n=7):
+    g = torch.Generator().manual_seed(seed)
+    parent_list, sel = _random_tree(g, bs, topk, depth, n)
+    buf = torch.full((3, bs, n), -1, dtype=torch.int64)
+    K.build_tree_kernel_efficient_cpu(parent_list, sel, torch.full((bs,), 5), torch.ones(bs * n * n, dtype=torch.bool),
+                                      torch.empty(bs * n, dtype=torch.int64), buf[0], buf[1], buf[2], topk, depth, n, 1)
+    return g, parent_list, sel, buf
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parents_from_links_inverts_the_tree_build(seed):
+    from hass_sglang.sglang_cpu.sampling_verify import parents_from_links
+
+    _, parent_list, sel, buf = _built_tree(seed)
+    want = ops.tree_parents(parent_list, sel, 2)
+    got = parents_from_links(buf[1], buf[2])
+    assert torch.equal(got[:, 1:], want[:, 1:]) and (got[:, 0] == -1).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_specinfer_hook_with_point_mass_target_equals_greedy_verify(seed):
+    """Greedy rows (one-hot target) through the SpecInfer hook give exactly the greedy op's outputs."""
+    from hass_sglang.sglang_cpu import sampling_verify as sv
+
+    g, _, _, buf = _built_tree(seed)
+    bs, n, vocab = 3, 7, 3
+    candidates = torch.randint(0, vocab, (bs, n), generator=g)
+    logits = torch.randn(bs * n, vocab, generator=g)
+
+    class Info:
+        temperatures = torch.ones(bs, 1)
+        top_ks = torch.ones(bs, dtype=torch.int32)
+
+    def outs():
+        return dict(predicts=torch.zeros(bs * n, dtype=torch.int32), accept_index=torch.full((bs, 5), -1, dtype=torch.int32),
+                    accept_token_num=torch.zeros(bs, dtype=torch.int32))
+
+    common = dict(candidates=candidates, retrieve_index=buf[0], retrieve_next_token=buf[1], retrieve_next_sibling=buf[2])
+    ref = outs()
+    K.verify_tree_greedy_cpu(ref["predicts"], ref["accept_index"], ref["accept_token_num"], candidates, buf[0], buf[1],
+                             buf[2], logits.argmax(-1).view(bs, n))
+    got = outs()
+    token = sv._VERIFY_CTX.set({"logits": logits, "info": Info(), "n": n})
+    try:
+        sv.around_verify(None, **got, **common, target_predict=None)
+    finally:
+        sv._VERIFY_CTX.reset(token)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

@@ -11,6 +11,8 @@ On a CPU-engine host (SGLANG_USE_CPU_ENGINE=1 and no CUDA), `activate()`:
    folder to `sys.path` and to the PYTHONPATH environment variable of the launcher; SGLang starts
    its children with `spawn`, which inherits the environment, so every child finds the stand-in;
    `load_plugins()` in the child then runs `activate()` again (idempotent);
+4. registers two AROUND hooks (hook registry) so that T>0 verification uses the project's
+   SpecInfer (`sampling_verify.py`) instead of SGLang's greedy-only CPU path;
 3. declares the platform AMX-capable (`sglang.srt.runtime_context.override_platform(has_amx=True)`)
    so argument resolution keeps the `intel_amx` attention backend, the only CPU backend SGLang's
    draft path supports (speculative/draft_utils.py). Layers that check AMX through
@@ -89,6 +91,10 @@ def activate() -> dict:
         done["ops"] = register_ops()
         override_amx()
         done["amx"] = True
+        from hass_sglang.sglang_cpu.sampling_verify import register_hooks
+
+        register_hooks()  # T>0: project SpecInfer instead of SGLang's greedy-only CPU verify
+        done["hooks"] = True
         logger.info("hass_sglang CPU backend: %s", done)
     _state["done"] = done
     return done
