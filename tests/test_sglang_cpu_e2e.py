@@ -1,6 +1,7 @@
 """End to end on a CPU host: a real `sglang.launch_server --speculative-algorithm HASS` (SmolLM2-135M
 target, random EAGLE draft built here) answers chat requests through the `openai` client, and at
-T=0 its text equals SGLang's own non-speculative output. One server at a time, fp32, small tree.
+T=0 its text equals SGLang's own non-speculative output; at T=1 the tree is verified by the
+project's SpecInfer (installed through SGLang's hook registry), which the server log shows. One server at a time, fp32, small tree.
 """
 
 import json
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 SETS = ("mt_bench", "gsm8k")
 PER_SET = 2
 MAX_TOKENS = 32
+SPECINFER_LOG = "T>0 tree verification by hass_sglang.verify.verify_specinfer"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,8 @@ def _chat(client, prompt, stream=False, **kw):
                    if c.choices)
 
 
-def _meta(url, text):
-    body = {"text": text, "sampling_params": {"max_new_tokens": MAX_TOKENS, "temperature": 0}}
+def _meta(url, text, temperature=0.0):
+    body = {"text": text, "sampling_params": {"max_new_tokens": MAX_TOKENS, "temperature": temperature}}
     req = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.load(r)["meta_info"]
@@ -56,11 +58,16 @@ def _answers(url, prompts):
     return plain, streamed, _meta(url, prompts[0])
 
 
-def test_hass_on_cpu_serves_and_matches_plain_decoding_at_t0(target, random_draft, prompts, tmp_path, record_property):
+def test_hass_on_cpu_matches_plain_decoding_at_t0_and_samples_with_specinfer_at_t1(target, random_draft, prompts, tmp_path, record_property):
     with cpu_server(str(target.path), log_path=tmp_path / "vanilla.log") as url:
         ref, ref_stream, _ = _answers(url, prompts)
     with cpu_server(str(target.path), random_draft, log_path=tmp_path / "hass.log") as url:
         got, got_stream, meta = _answers(url, prompts)
+        assert SPECINFER_LOG not in (tmp_path / "hass.log").read_text()  # T=0 stays on the greedy verifier
+        sampled = _meta(url, prompts[1], temperature=1.0)
+    log = (tmp_path / "hass.log").read_text()
+    assert SPECINFER_LOG in log, "T=1 verification did not go through hass_sglang.verify.verify_specinfer"
+    assert sampled["spec_verify_ct"] > 0 and sampled["completion_tokens"] > 0
     assert all(ref), ref
     assert got == ref
     assert got_stream == ref_stream == ref[0]
