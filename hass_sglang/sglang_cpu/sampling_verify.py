@@ -10,8 +10,9 @@ through SGLang's hook registry (`sglang.srt.plugins.hook_registry`) replace that
   set, runs `verify_specinfer` on the target's temperature-scaled probabilities instead of the
   greedy walk and fills SGLang's (predicts, accept_index, accept_token_num) outputs.
 
-Greedy rows of a mixed batch get a point-mass target distribution, for which SpecInfer reduces to
-greedy verification. Top-k / top-p are applied with the project's `sampling` helpers when set.
+Greedy rows (top_k == 1) of a mixed batch get a point-mass target distribution, for which SpecInfer
+reduces to greedy verification. Only temperature is applied (not top-k > 1 / top-p), and random
+numbers come from torch's global generator, not SGLang's per-request coins.
 EAGLE drafts in SGLang keep no draft probabilities, so SpecInfer (point-mass drafts) is the rule.
 """
 
