@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 from hass_sglang.eval_sets import load_questions
-from hass_sglang.sglang_cpu.serve import cpu_server
+from hass_sglang.sglang_cpu.serve import CPU_TREE, cpu_server
 
 
 def _generate(url, text, max_tokens):
@@ -26,8 +26,8 @@ def _generate(url, text, max_tokens):
         return json.load(r)
 
 
-def run(model, draft, prompts, max_tokens):
-    with cpu_server(model, draft) as url:
+def run(model, draft, prompts, max_tokens, tree=CPU_TREE):
+    with cpu_server(model, draft, tree=tree) as url:
         _generate(url, "Hello", 4)  # warm-up (first-call compilation)
         toks, secs, verify, outs = 0, 0.0, 0, []
         for p in prompts:
@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--draft", default="random")
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--tree", default=None, help="'steps topk draft_tokens', e.g. '4 4 16' (default: serve.CPU_TREE)")
+    ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
     from hass_sglang.target import load_target
 
@@ -60,9 +62,15 @@ def main():
 
         draft = str(save_draft(build_head("eagle", target.config, seed=0), tempfile.mkdtemp() + "/eagle", target.config))
     prompts = [q.turns[0] for q in load_questions("mt_bench", limit=a.prompts)]
-    plain, ref = run(model, None, prompts, a.max_tokens)
-    hass, got = run(model, draft, prompts, a.max_tokens)
-    print(json.dumps({"plain": plain, "hass": hass, "same_text": ref == got, "draft": a.draft}))
+    tree = CPU_TREE
+    if a.tree:
+        steps, topk, tokens = a.tree.split()
+        tree = ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk,
+                "--speculative-num-draft-tokens", tokens)
+    plain, ref = (None, None) if a.skip_plain else run(model, None, prompts, a.max_tokens)
+    hass, got = run(model, draft, prompts, a.max_tokens, tree)
+    print(json.dumps({"plain": plain, "hass": hass, "same_text": None if ref is None else ref == got,
+                      "draft": a.draft, "tree": tree}))
 
 
 if __name__ == "__main__":
