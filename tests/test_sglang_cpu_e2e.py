@@ -1,14 +1,17 @@
 """End to end on a CPU host: a real `sglang.launch_server --speculative-algorithm HASS` (SmolLM2-135M
-target, random EAGLE draft built here) answers chat requests through the `openai` client, and at
+target; the shipped HASS draft when present, else a random EAGLE head built here) answers chat requests through the `openai` client, and at
 T=0 its text equals SGLang's own non-speculative output; at T=1 the tree is verified by the
 project's SpecInfer (installed through SGLang's hook registry), which the server log shows. One server at a time, fp32, small tree.
 """
 
 import json
+import os
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+import hass_sglang
 from hass_sglang.checkpoint import save_draft
 from hass_sglang.eval_sets import load_questions
 from hass_sglang.heads import build_head
@@ -27,10 +30,17 @@ def prompts():
     return [q.turns[0] for name in SETS for q in load_questions(name, limit=PER_SET)]
 
 
+SHIPPED_DRAFT = Path(hass_sglang.__file__).parent / "drafts" / "smollm2-135m-hass-eagle"
+
+
 @pytest.fixture(scope="module")
-def random_draft(tmp_path_factory, target):
+def draft(tmp_path_factory, target):
+    """The shipped HASS draft when the checkout has it (HASS_CPU_E2E_DRAFT overrides), else a random head."""
+    chosen = os.environ.get("HASS_CPU_E2E_DRAFT") or (str(SHIPPED_DRAFT) if SHIPPED_DRAFT.is_dir() else None)
+    if chosen:
+        return chosen, True
     return str(save_draft(build_head("eagle", target.config, seed=0), tmp_path_factory.mktemp("d") / "eagle",
-                          target.config))
+                          target.config)), False
 
 
 def _chat(client, prompt, stream=False, **kw):
@@ -58,10 +68,11 @@ def _answers(url, prompts):
     return plain, streamed, _meta(url, prompts[0])
 
 
-def test_hass_on_cpu_matches_plain_decoding_at_t0_and_samples_with_specinfer_at_t1(target, random_draft, prompts, tmp_path, record_property):
+def test_hass_on_cpu_matches_plain_decoding_at_t0_and_samples_with_specinfer_at_t1(target, draft, prompts, tmp_path, record_property):
+    draft_path, trained = draft
     with cpu_server(str(target.path), log_path=tmp_path / "vanilla.log") as url:
         ref, ref_stream, _ = _answers(url, prompts)
-    with cpu_server(str(target.path), random_draft, log_path=tmp_path / "hass.log") as url:
+    with cpu_server(str(target.path), draft_path, log_path=tmp_path / "hass.log") as url:
         got, got_stream, meta = _answers(url, prompts)
         assert SPECINFER_LOG not in (tmp_path / "hass.log").read_text()  # T=0 stays on the greedy verifier
         sampled = _meta(url, prompts[1], temperature=1.0)
@@ -72,5 +83,7 @@ def test_hass_on_cpu_matches_plain_decoding_at_t0_and_samples_with_specinfer_at_
     assert got == ref
     assert got_stream == ref_stream == ref[0]
     assert meta["spec_verify_ct"] > 0  # the speculative path ran
+    if trained:  # drafts are accepted, and the committed text is still exactly plain decoding's
+        assert meta["spec_accept_length"] > 1.1, meta
     record_property("spec_accept_length", meta.get("spec_accept_length"))
     print("spec meta_info:", {k: v for k, v in meta.items() if k.startswith("spec")})
