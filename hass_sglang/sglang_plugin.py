@@ -66,6 +66,11 @@ def register() -> None:
     from sglang.srt.arg_groups.resolution_hooks import register_resolution_hook
     from sglang.srt.models.registry import ModelRegistry
 
+    # CPU hosts only (SGLANG_USE_CPU_ENGINE=1, no CUDA): torch `sgl_kernel.*_cpu` ops, the
+    # `sgl_kernel` stand-in for spawned children, and the AMX platform flag (sglang_cpu/__init__.py).
+    from hass_sglang.sglang_cpu import activate as activate_cpu_backend
+
+    activate_cpu_backend()
     register_resolution_hook(RESOLUTION_STEP)(resolve_hass)
     # overwrite=True: re-registering our own package (e.g. a second loader) must not fail.
     ModelRegistry.register(MODEL_PACKAGE, overwrite=True, strict=True)

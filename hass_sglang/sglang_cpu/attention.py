@@ -1,0 +1,132 @@
+"""Paged attention over SGLang's KV pool in plain torch, batched over requests (padded, masked).
+
+Signatures follow SGLang 0.5.23's IntelAMXAttnBackend calls
+(layers/attention/intel_amx_backend.py:290 extend, :383 decode). Supported: causal self-attention,
+GQA, logit soft-capping, a token-tree mask (`tree_mask`, the [bs, n, n] QLEN_ONLY layout SGLang
+uses on CPU, eagle_utils.py:135, or the FULL_MASK layout). Not supported (raise): sliding
+windows, attention sinks, cross-attention - none is needed by Llama-family HASS targets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hass_sglang.sglang_cpu.ops import FULL_MASK  # noqa: F401  (layout names shared with ops)
+
+
+def _unsupported(sliding_window_size, sinks, is_cross_attention):
+    if sliding_window_size is not None and sliding_window_size > 0:
+        raise NotImplementedError("hass_sglang CPU attention: sliding windows are not supported")
+    if sinks is not None:
+        raise NotImplementedError("hass_sglang CPU attention: attention sinks are not supported")
+    if is_cross_attention:
+        raise NotImplementedError("hass_sglang CPU attention: cross-attention is not supported")
+
+
+def gather_kv(buffer, req_to_token, req_pool_indices, seq_lens, scale=1.0):
+    """[bs, max_len, Hkv, D] float32 keys (or values) of each request, zero-padded, + valid mask."""
+    max_len = max(int(seq_lens.max()), 1) if seq_lens.numel() else 1
+    cols = torch.arange(max_len, device=seq_lens.device)
+    valid = cols[None, :] < seq_lens.long()[:, None]
+    locs = req_to_token[req_pool_indices.long()][:, :max_len].long()
+    locs = torch.where(valid, locs, 0)
+    out = buffer[locs].float()
+    if scale != 1.0:
+        out = out * scale
+    return out, valid
+
+
+def masked_attention(q, k, v, visible, scaling, logit_cap):
+    """q [bs, Lq, H, D], k/v [bs, Lk, Hkv, D], visible [bs, Lq, Lk] -> [bs, Lq, H, Dv] (float32)."""
+    bs, lq, h, d = q.shape
+    hkv = k.shape[2]
+    g = h // hkv
+    qg = q.float().reshape(bs, lq, hkv, g, d)
+    scores = torch.einsum("bqkgd,bskd->bkgqs", qg, k) * scaling
+    if logit_cap and logit_cap > 0:
+        scores = logit_cap * torch.tanh(scores / logit_cap)
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = torch.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(bs, lq, h, v.shape[-1])
+
+
+def decode_attention(
+    q, k_buffer, v_buffer, key_scale, value_scale, o, k, v, cache_loc, attn_logits, req_to_token,
+    req_pool_indices, seq_lens, scaling, logit_cap, is_cross_attention, sliding_window_size,
+    encoder_lens, sinks,
+):
+    """decode_attention_cpu: writes k/v (when given) at cache_loc, then one query per sequence over
+    its req_to_token[:seq_len] keys; result into o [num_seqs, H, Dv]."""
+    _unsupported(sliding_window_size, sinks, is_cross_attention)
+    if k is not None and v is not None:
+        k_buffer[cache_loc.long()] = k.reshape(-1, *k_buffer.shape[1:]).to(k_buffer.dtype)
+        v_buffer[cache_loc.long()] = v.reshape(-1, *v_buffer.shape[1:]).to(v_buffer.dtype)
+    keys, valid = gather_kv(k_buffer, req_to_token, req_pool_indices, seq_lens, float(key_scale))
+    vals, _ = gather_kv(v_buffer, req_to_token, req_pool_indices, seq_lens, float(value_scale))
+    out = masked_attention(q[:, None], keys, vals, valid[:, None, :], scaling, logit_cap)
+    o.copy_(out[:, 0].to(o.dtype))
+
+
+def extend_visibility(seq_lens, extend_seq_lens, max_ext, max_len, tree_mask, is_causal):
+    """[bs, max_ext, max_len] bool: which key each extend query sees."""
+    dev = seq_lens.device
+    seq = seq_lens.long()
+    ext = extend_seq_lens.long()
+    prefix = seq - ext
+    t = torch.arange(max_ext, device=dev)
+    j = torch.arange(max_len, device=dev)
+    in_seq = j[None, None, :] < seq[:, None, None]
+    if not is_causal:
+        return in_seq.expand(-1, max_ext, -1)
+    qpos = prefix[:, None] + t[None, :]  # [bs, max_ext]
+    visible = in_seq & (j[None, None, :] <= qpos[:, :, None])
+    if tree_mask is None:
+        return visible
+    bs = seq.numel()
+    if tree_mask.numel() == int((ext * ext).sum()) and bool((ext == ext[0]).all()):
+        n = int(ext[0])
+        tm = tree_mask.reshape(bs, n, n).bool()
+        offset = 0
+    else:  # FULL_MASK: rows of (seq_len) columns per request, requests concatenated
+        n = int(ext.max())
+        starts = torch.cumsum(ext * seq, 0) - ext * seq
+        rows = starts[:, None, None] + t[None, :, None] * seq[:, None, None] + j[None, None, :]
+        rows = rows.clamp(max=tree_mask.numel() - 1)
+        full = tree_mask.reshape(-1)[rows].bool() & in_seq & (t[None, :, None] < ext[:, None, None])
+        return full
+    # draft columns: key j >= prefix sees tm[b, t, j - prefix]
+    col = (j[None, :] - prefix[:, None])  # [bs, max_len]
+    is_draft = (col >= 0) & (col < n)
+    tq = t.clamp(max=n - 1)
+    picked = tm[:, tq][:, :, :].gather(2, col.clamp(0, n - 1)[:, None, :].expand(-1, max_ext, -1))
+    return in_seq & torch.where(is_draft[:, None, :], picked, j[None, None, :] < prefix[:, None, None] + offset)
+
+
+def extend_attention(
+    q, k, v, o, k_buffer, v_buffer, key_scale, value_scale, req_to_token, req_pool_indices, seq_lens,
+    extend_seq_lens, extend_start_loc, max_extend_len, scaling, logit_cap, is_cross_attention,
+    sliding_window_size, encoder_lens, sinks, tree_mask, is_causal,
+):
+    """extend_attention_cpu: the new tokens of each request (rows extend_start_loc[b] + t of q/k/v)
+    attend to the request's cached prefix and, causally or through tree_mask, to each other."""
+    _unsupported(sliding_window_size, sinks, is_cross_attention)
+    dev = q.device
+    ext = extend_seq_lens.long()
+    seq = seq_lens.long()
+    bs = ext.numel()
+    max_ext = max(int(ext.max()), 1)
+    t = torch.arange(max_ext, device=dev)
+    q_valid = t[None, :] < ext[:, None]
+    rows = torch.where(q_valid, extend_start_loc.long()[:, None] + t[None, :], 0)
+    keys, valid = gather_kv(k_buffer, req_to_token, req_pool_indices, seq, float(key_scale))
+    vals, _ = gather_kv(v_buffer, req_to_token, req_pool_indices, seq, float(value_scale))
+    if k is not None and v is not None:  # the new tokens' K/V straight from the arguments
+        prefix = seq - ext
+        jcol = torch.where(q_valid, prefix[:, None] + t[None, :], 0)
+        b_idx = torch.arange(bs, device=dev)[:, None].expand_as(jcol)
+        keys[b_idx[q_valid], jcol[q_valid]] = k[rows[q_valid]].float() * float(key_scale)
+        vals[b_idx[q_valid], jcol[q_valid]] = v[rows[q_valid]].float() * float(value_scale)
+    visible = extend_visibility(seq, ext, max_ext, keys.shape[1], tree_mask, is_causal) & valid[:, None, :]
+    out = masked_attention(q[rows], keys, vals, visible, scaling, logit_cap)
+    o[rows[q_valid]] = out[q_valid].to(o.dtype)

@@ -1,0 +1,137 @@
+"""T > 0 tree verification inside SGLang on CPU with the project's SpecInfer (`verify.verify_specinfer`).
+
+SGLang 0.5.23 verifies greedily on CPU whatever the temperature (`_verify_uses_greedy`,
+speculative/eagle_utils.py:485) because its sampling verifier is CUDA-only. Two AROUND hooks
+through SGLang's hook registry (`sglang.srt.plugins.hook_registry`) replace that on CPU hosts:
+
+- around `eagle_utils.eagle_sample`: for batches that are not all greedy, keeps the verify logits
+  and sampling parameters in a context variable for the duration of the call;
+- around `eagle_utils.verify_tree_greedy_func` (the CPU branch's verifier): when such a context is
+  set, runs `verify_specinfer` on the target's temperature-scaled probabilities instead of the
+  greedy walk and fills SGLang's (predicts, accept_index, accept_token_num) outputs.
+
+Greedy rows (top_k == 1) of a mixed batch get a point-mass target distribution, for which SpecInfer
+reduces to greedy verification. Only temperature is applied (not top-k > 1 / top-p), and random
+numbers come from torch's global generator, not SGLang's per-request coins.
+EAGLE drafts in SGLang keep no draft probabilities, so SpecInfer (point-mass drafts) is the rule.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+import torch
+
+from hass_sglang.verify import verify_specinfer
+
+logger = logging.getLogger(__name__)
+
+_VERIFY_CTX: contextvars.ContextVar = contextvars.ContextVar("hass_cpu_verify", default=None)
+SAMPLE_TARGET = "sglang.srt.speculative.eagle_utils.eagle_sample"
+VERIFY_TARGET = "sglang.srt.speculative.eagle_utils.verify_tree_greedy_func"
+calls = {"specinfer": 0}
+
+
+def parents_from_links(next_token: torch.Tensor, next_sibling: torch.Tensor) -> torch.Tensor:
+    """[bs, n] parent of each node (-1 for the root and unlinked nodes) from SGLang's first-child /
+    next-sibling lists, via pointer jumping (no per-node loop)."""
+    bs, n = next_token.shape
+    rows = torch.arange(bs)[:, None]
+    first_of = torch.full((bs, n), -1, dtype=torch.long)  # parent of each list head
+    heads = next_token.long()
+    has = heads >= 0
+    first_of[rows.expand(bs, n)[has], heads[has]] = torch.arange(n).expand(bs, n)[has]
+    parent = first_of.clone()
+    nxt = next_sibling.long()
+    for _ in range(max(1, n.bit_length())):  # propagate each head's parent along its list
+        valid = (nxt >= 0) & (parent >= 0)
+        tgt = nxt.clamp(min=0)
+        upd = torch.full_like(parent, -1)
+        upd[rows.expand(bs, n)[valid], tgt[valid]] = parent[valid]
+        parent = torch.where(parent >= 0, parent, upd)
+        nxt = torch.where(nxt >= 0, nxt.gather(1, nxt.clamp(min=0)), -1)
+    return parent
+
+
+def target_probs(logits: torch.Tensor, temperatures: torch.Tensor, greedy_rows: torch.Tensor) -> torch.Tensor:
+    """[bs, n, V] probabilities: softmax(logits / T) per request, one-hot argmax for greedy rows."""
+    p = torch.softmax(logits.float() / temperatures.float().clamp(min=1e-5)[:, None, None], dim=-1)
+    hard = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(p.dtype)
+    return torch.where(greedy_rows[:, None, None], hard, p)
+
+
+def specinfer_accept(candidates, parents, probs, generator=None):
+    """Per request: SpecInfer over its tree -> (deepest accepted node [bs], emitted token [bs])."""
+    deepest, emitted = [], []
+    for b in range(candidates.shape[0]):  # requests (batch is small on CPU); the walk is vectorised
+        par = parents[b].clone()
+        par[0] = 0
+        d, t = verify_specinfer(par.clamp(min=0), candidates[b : b + 1].long(), probs[b : b + 1], generator)
+        deepest.append(d)
+        emitted.append(t)
+    return torch.cat(deepest), torch.cat(emitted)
+
+
+def path_to(parents: torch.Tensor, node: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """[bs, max_depth] nodes root..node (root first), -1 padded."""
+    cur = node.clone()
+    cols = []
+    for _ in range(max_depth):  # tree depth
+        cols.append(cur.clone())
+        cur = torch.where(cur > 0, parents.gather(1, cur.clamp(min=0)[:, None])[:, 0], -1)
+    stack = torch.stack(cols, 1)  # node, parent, ..., root, -1...
+    depth = (stack >= 0).sum(1)
+    idx = (depth[:, None] - 1 - torch.arange(max_depth)).clamp(min=0)
+    return torch.where(torch.arange(max_depth)[None, :] < depth[:, None], stack.gather(1, idx), -1)
+
+
+def around_eagle_sample(original, verify_input, batch, logits_output, *args, **kwargs):
+    info = batch.sampling_info
+    if batch.forward_mode.is_idle() or info is None or info.is_all_greedy:
+        return original(verify_input, batch, logits_output, *args, **kwargs)
+    token = _VERIFY_CTX.set({"logits": logits_output.next_token_logits, "info": info,
+                             "n": verify_input.draft_token_num})
+    try:
+        return original(verify_input, batch, logits_output, *args, **kwargs)
+    finally:
+        _VERIFY_CTX.reset(token)
+
+
+def around_verify(original, *args, **kwargs):
+    ctx = _VERIFY_CTX.get()
+    if ctx is None:
+        return original(*args, **kwargs)
+    predicts, accept_index, accept_token_num = kwargs["predicts"], kwargs["accept_index"], kwargs["accept_token_num"]
+    candidates = kwargs["candidates"]
+    bs, n = candidates.shape
+    info = ctx["info"]
+    logits = ctx["logits"].reshape(bs, n, -1)
+    greedy = (info.top_ks.reshape(-1) == 1) if info.top_ks is not None else torch.zeros(bs, dtype=torch.bool)
+    probs = target_probs(logits, info.temperatures.reshape(-1), greedy)
+    parents = parents_from_links(kwargs["retrieve_next_token"], kwargs["retrieve_next_sibling"])
+    deepest, emitted = specinfer_accept(candidates, parents, probs)
+    width = accept_index.shape[1]
+    path = path_to(parents, deepest, width)
+    ridx = kwargs["retrieve_index"].long()
+    acc = torch.where(path >= 0, ridx.gather(1, path.clamp(min=0)), -1)
+    count = (path >= 0).sum(1) - 1
+    accept_index.copy_(acc.to(accept_index.dtype))
+    accept_token_num.copy_(count.to(accept_token_num.dtype))
+    # predicts at an accepted position = the next committed token (child's draft token / emitted).
+    nxt_tok = torch.where(path[:, 1:] >= 0, candidates.gather(1, path[:, 1:].clamp(min=0)), -1)
+    last = torch.arange(width)[None, :] == count[:, None]
+    tokens = torch.where(last, emitted[:, None], torch.cat([nxt_tok, nxt_tok[:, :1]], 1))
+    valid = acc >= 0
+    predicts.view(-1)[acc[valid]] = tokens[valid].to(predicts.dtype)
+    calls["specinfer"] += 1
+    if calls["specinfer"] == 1:
+        logger.info("hass_sglang: T>0 tree verification by hass_sglang.verify.verify_specinfer (CPU)")
+    return predicts, accept_index, accept_token_num
+
+
+def register_hooks() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(SAMPLE_TARGET, around_eagle_sample, HookType.AROUND)
+    HookRegistry.register(VERIFY_TARGET, around_verify, HookType.AROUND)

@@ -1,0 +1,380 @@
+"""The CPU `sgl_kernel.*_cpu` ops against direct loop references on random inputs.
+
+The references transcribe the per-request semantics of SGLang 0.5.23's GPU kernels (the triton
+versions next to each CPU call site); the ops under test are called through `torch.ops.sgl_kernel`
+with the argument order SGLang uses, so schema and semantics are both checked.
+"""
+
+import ctypes
+from enum import IntEnum
+
+import pytest
+import torch
+
+from hass_sglang.sglang_cpu import ops
+from hass_sglang.sglang_cpu.registry import SCHEMAS, register_ops
+
+register_ops()
+K = torch.ops.sgl_kernel
+
+
+@pytest.fixture
+def g():
+    return torch.Generator().manual_seed(0)
+
+
+def _pool(g, rows=6, width=64):
+    return torch.randint(0, 10_000, (rows, width), generator=g, dtype=torch.int32)
+
+
+def test_every_op_is_registered():
+    assert all(hasattr(K, name) for name in SCHEMAS)
+
+
+def test_assign_req_to_token_pool(g):
+    r2t = _pool(g)
+    rpi = torch.tensor([4, 1, 3])
+    start = torch.tensor([2, 0, 7])
+    end = torch.tensor([5, 4, 9])
+    out = torch.randint(0, 10_000, (9,), generator=g)
+    ref = r2t.clone()
+    k = 0
+    for i in range(3):
+        for c in range(int(start[i]), int(end[i])):
+            ref[rpi[i], c] = out[k]
+            k += 1
+    K.assign_req_to_token_pool_cpu(rpi, r2t, start, end, out, r2t.shape[1])
+    assert torch.equal(r2t, ref)
+
+
+def test_assign_extend_cache_locs(g):
+    r2t = _pool(g)
+    rpi = torch.tensor([2, 5])
+    start = torch.tensor([3, 10])
+    end = torch.tensor([6, 12])
+    ref = [int(r2t[rpi[i], c]) for i in range(2) for c in range(int(start[i]), int(end[i]))]
+    out = torch.full((8,), -7, dtype=torch.int64)
+    K.assign_extend_cache_locs_cpu(rpi, r2t, start, end, out, r2t.shape[1])
+    assert out[:5].tolist() == ref and out[5:].tolist() == [-7] * 3
+
+
+def test_assign_draft_cache_locs_contiguous(g):
+    r2t = _pool(g)
+    rpi, seq = torch.tensor([1, 0, 4]), torch.tensor([5, 9, 2])
+    topk, cols = 3, 4
+    ref = [int(r2t[rpi[i], seq[i] + c]) for i in range(3) for c in range(topk * cols)]
+    out = torch.zeros(3 * topk * cols, dtype=torch.int64)
+    K.assign_draft_cache_locs_contiguous_cpu(rpi, r2t, seq, out, r2t.shape[1], topk, cols)
+    assert out.tolist() == ref
+
+
+def test_build_draft_decode_metadata(g):
+    r2t = _pool(g)
+    rpi, seq = torch.tensor([3, 1]), torch.tensor([7, 12])
+    topk, steps = 3, 4
+    got = K.build_draft_decode_metadata_cpu(r2t, rpi, seq, topk, steps, r2t.shape[1])
+    for b in range(2):
+        for k in range(topk):
+            row = got[b * topk + k]
+            s = int(seq[b])
+            assert torch.equal(row[:s], r2t[rpi[b], :s])
+            for st in range(steps):
+                assert row[s + st] == r2t[rpi[b], s + k * steps + st]
+
+
+def test_fill_bonus_tokens(g):
+    stride = 5
+    acc = torch.randint(0, 100, (4 * stride,), generator=g)
+    lens = torch.tensor([1, 5, 3, 2], dtype=torch.int32)
+    out = torch.zeros(4, dtype=torch.int64)
+    K.fill_bonus_tokens_cpu(acc, lens, out, stride)
+    assert out.tolist() == [int(acc[i * stride + lens[i] - 1]) for i in range(4)]
+
+
+def test_fill_accept_out_cache_loc(g):
+    idx = torch.tensor([0, 3, -1, -1, 4, 6, 7, -1], dtype=torch.int32)
+    loc = torch.randint(0, 1000, (8,), generator=g)
+    out = torch.full((8,), -1, dtype=torch.int64)
+    K.fill_accept_out_cache_loc_cpu(idx, loc, out)
+    ref = [int(loc[i]) for i in idx.tolist() if i != -1]
+    assert out[: len(ref)].tolist() == ref
+
+
+def test_copy_all_layer_kv_cache(g):
+    bufs = [torch.randn(20, 3, 4, generator=g) for _ in range(3)]
+    ref = [b.clone() for b in bufs]
+    tgt, src = torch.tensor([5, 9, 1]), torch.tensor([2, 2, 17])
+    for b in ref:
+        for t, s in zip(tgt.tolist(), src.tolist()):
+            b[t] = b[s].clone()
+    ptrs = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.uint64).view(torch.int64)
+    strides = torch.tensor([b.stride(0) * b.element_size() for b in bufs])
+    K.copy_all_layer_kv_cache_cpu(ptrs, strides, tgt, src)
+    assert all(torch.equal(a, b) for a, b in zip(bufs, ref))
+    assert ctypes.sizeof(ctypes.c_void_p) == 8
+
+
+# ------------------------------------------------------------------ tree build / greedy verify
+
+
+def _random_tree(g, bs, topk, depth, n):
+    """EAGLE-like draft output: parent_list [bs, topk*(depth-1)+1] and selected indices."""
+    plen = topk * (depth - 1) + 1
+    parent_list = torch.zeros(bs, plen, dtype=torch.int64)
+    selected = torch.zeros(bs, n - 1, dtype=torch.int64)
+    for b in range(bs):
+        pool = torch.randperm(topk + topk * topk * (depth - 1), generator=g)[: n - 1]
+        selected[b] = pool.sort().values
+        parent_list[b, 1:] = torch.randint(0, topk * topk * depth, (plen - 1,), generator=g)
+        # make a few parents real selected tokens so trees have depth
+        parent_list[b, 1 : min(plen, n)] = selected[b, : min(plen, n) - 1]
+    return parent_list, selected
+
+
+def _ref_build_tree(parent_list, sel, seq_lens, topk, depth, n, mode, numel):
+    bs = seq_lens.numel()
+    mask = torch.ones(numel, dtype=torch.bool)
+    pos = torch.zeros(bs * n, dtype=torch.int64)
+    ridx = torch.full((bs, n), -1, dtype=torch.int64)
+    nxt = torch.full((bs, n), -1, dtype=torch.int64)
+    sib = torch.full((bs, n), -1, dtype=torch.int64)
+    prefix = 0
+    for b in range(bs):
+        s = int(seq_lens[b])
+        tree0 = n * n * b + prefix * n
+        pos[b * n] = s
+        for i in range(n - 1, 0, -1):
+            ridx[b, i] = b * n + i
+            ptb = int(sel[b, i - 1]) // topk
+            ppos, found = 0, ptb == 0
+            if not found:
+                ptok = int(parent_list[b, ptb])
+                for pp in range(n - 1):
+                    if int(sel[b, pp]) == ptok:
+                        ppos, found = pp + 1, True
+                        break
+            if found:
+                if nxt[b, ppos] != -1:
+                    sib[b, i] = nxt[b, ppos]
+                nxt[b, ppos] = i
+        ridx[b, 0] = b * n
+        for x in range(n):
+            t = tree0 + (s + n) * x + s + 1 if mode == 0 else n * n * b + n * x + 1
+            mask[t - 1] = True
+            mask[t : t + n - 1] = False
+            if x > 0:
+                cur, p = x - 1, 0
+                for _ in range(depth):
+                    p += 1
+                    mask[t + cur] = True
+                    ptb = int(sel[b, cur]) // topk
+                    if ptb == 0:
+                        break
+                    ptok = int(parent_list[b, ptb])
+                    hits = [cp for cp in range(n - 1) if int(sel[b, cp]) == ptok]
+                    if not hits:
+                        break
+                    cur = hits[0]
+                pos[b * n + x] = p + s
+        prefix += s
+    return mask, pos, ridx, nxt, sib
+
+
+class _TreeMaskMode(IntEnum):  # SGLang passes an IntEnum (kernels/ops/speculative/spec_tree.py:46)
+    FULL_MASK = 0
+    QLEN_ONLY = 1
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_build_tree_kernel_efficient(mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    bs, topk, depth, n = 3, 3, 4, 8
+    parent_list, sel = _random_tree(g, bs, topk, depth, n)
+    seq_lens = torch.tensor([5, 11, 3])
+    numel = n * n * bs + (int(seq_lens.sum()) * n if mode == 0 else 0)
+    ref = _ref_build_tree(parent_list, sel, seq_lens, topk, depth, n, mode, numel)
+    mask = torch.ones(numel, dtype=torch.bool)
+    pos = torch.empty(bs * n, dtype=torch.int64)
+    buf = torch.full((3, bs, n), -1, dtype=torch.int64)
+    K.build_tree_kernel_efficient_cpu(parent_list, sel, seq_lens, mask, pos, buf[0], buf[1], buf[2], topk, depth, n,
+                                      _TreeMaskMode(mode))
+    assert torch.equal(mask, ref[0])
+    assert torch.equal(pos, ref[1])
+    assert torch.equal(buf[0], ref[2]) and torch.equal(buf[1], ref[3]) and torch.equal(buf[2], ref[4])
+
+
+def _ref_verify(candidates, ridx, nxt, sib, target, num_spec):
+    bs, n = candidates.shape
+    predicts = torch.zeros(bs * n, dtype=torch.int64)
+    accept = torch.full((bs, num_spec), -1, dtype=torch.int64)
+    count = torch.zeros(bs, dtype=torch.int64)
+    tflat = target.reshape(-1)
+    for b in range(bs):
+        last = int(ridx[b, 0])
+        accept[b, 0] = last
+        cur, acc = 0, 0
+        for _j in range(1, num_spec):
+            cur = int(nxt[b, cur])
+            hit = False
+            while cur != -1:
+                if int(candidates[b, cur]) == int(tflat[last]):
+                    predicts[last] = tflat[last]
+                    acc += 1
+                    accept[b, acc] = ridx[b, cur]
+                    last = int(ridx[b, cur])
+                    hit = True
+                    break
+                cur = int(sib[b, cur])
+            if not hit:
+                break
+        count[b] = acc
+        predicts[last] = tflat[last]
+    return predicts, accept, count
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_verify_tree_greedy(seed):
+    g = torch.Generator().manual_seed(seed)
+    bs, topk, depth, n, vocab = 4, 2, 4, 7, 3  # tiny vocab: many matches, deep accepts
+    parent_list, sel = _random_tree(g, bs, topk, depth, n)
+    seq_lens = torch.tensor([4, 6, 2, 9])
+    buf = torch.full((3, bs, n), -1, dtype=torch.int64)
+    K.build_tree_kernel_efficient_cpu(parent_list, sel, seq_lens, torch.ones(bs * n * n, dtype=torch.bool),
+                                      torch.empty(bs * n, dtype=torch.int64), buf[0], buf[1], buf[2], topk, depth, n, 1)
+    candidates = torch.randint(0, vocab, (bs, n), generator=g)
+    target = torch.randint(0, vocab, (bs, n), generator=g)
+    num_spec = depth + 1
+    ref = _ref_verify(candidates, buf[0], buf[1], buf[2], target, num_spec)
+    predicts = torch.zeros(bs * n, dtype=torch.int64)
+    accept = torch.full((bs, num_spec), -1, dtype=torch.int64)
+    count = torch.zeros(bs, dtype=torch.int64)
+    K.verify_tree_greedy_cpu(predicts=predicts, accept_index=accept, accept_token_num=count, candidates=candidates,
+                             retrive_index=buf[0], retrive_next_token=buf[1], retrive_next_sibling=buf[2],
+                             target_predict=target)
+    assert torch.equal(accept, ref[1]) and torch.equal(count, ref[2]) and torch.equal(predicts, ref[0])
+    assert int(count.sum()) > 0  # the case exercises acceptance
+
+
+def test_tree_links_follow_sibling_order():
+    parent = torch.tensor([[-1, 0, 0, 1, 0, 1, -1]])
+    first, sib = ops.tree_links(parent)
+    assert first.tolist() == [[1, 3, -1, -1, -1, -1, -1]]
+    assert sib.tolist() == [[-1, 2, 4, 5, -1, -1, -1]]
+
+
+# ------------------------------------------------------------------ attention
+
+
+def _ref_attn(q, keys, vals, scaling):
+    """q [H, D], keys/vals [L, Hkv, D] -> [H, D] (float64 loop over heads)."""
+    h, hkv = q.shape[0], keys.shape[1]
+    out = torch.zeros(h, vals.shape[-1], dtype=torch.float64)
+    for i in range(h):
+        kv = i // (h // hkv)
+        s = (keys[:, kv].double() @ q[i].double()) * scaling
+        out[i] = torch.softmax(s, 0) @ vals[:, kv].double()
+    return out
+
+
+def _kv_setup(g, seq_lens, hkv=2, d=8, pool=200):
+    kb = torch.randn(pool, hkv, d, generator=g)
+    vb = torch.randn(pool, hkv, d, generator=g)
+    r2t = torch.randperm(pool, generator=g)[: 4 * 40].view(4, 40).int()
+    return kb, vb, r2t
+
+
+def test_decode_attention(g):
+    seq = torch.tensor([5, 17, 1])
+    kb, vb, r2t = _kv_setup(g, seq)
+    rpi = torch.tensor([2, 0, 3])
+    h, d = 6, 8
+    q = torch.randn(3, h, d, generator=g)
+    knew, vnew = torch.randn(3, 2, d, generator=g), torch.randn(3, 2, d, generator=g)
+    loc = torch.stack([r2t[rpi[i], seq[i] - 1] for i in range(3)]).long()
+    o = torch.empty(3, h, d)
+    K.decode_attention_cpu(q, kb, vb, 1.0, 1.0, o, knew, vnew, loc, torch.zeros(1), r2t, rpi, seq, 0.3, 0.0, False, 0,
+                           None, None)
+    for i in range(3):
+        assert torch.equal(kb[loc[i]], knew[i])
+        idx = r2t[rpi[i], : seq[i]].long()
+        torch.testing.assert_close(o[i].double(), _ref_attn(q[i], kb[idx], vb[idx], 0.3), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_extend_attention(g, tree):
+    ext = torch.tensor([3, 3]) if tree else torch.tensor([4, 1])
+    seq = torch.tensor([9, 5]) if tree else torch.tensor([4, 12])
+    kb, vb, r2t = _kv_setup(g, seq)
+    rpi = torch.tensor([1, 3])
+    h, d, T = 4, 8, int(ext.sum())
+    starts = torch.cumsum(ext, 0) - ext
+    q = torch.randn(T, h, d, generator=g)
+    knew = torch.stack([kb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
+    vnew = torch.stack([vb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
+    n = 3
+    tm = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool).repeat(2, 1, 1)  # node 2 skips node 1
+    o = torch.empty(T, h, d)
+    K.extend_attention_cpu(q, knew, vnew, o, kb, vb, 1.0, 1.0, r2t, rpi, seq, ext, starts, int(ext.max()), 0.25, 0.0,
+                           False, 0, None, None, tm.reshape(-1) if tree else None, True)
+    for b in range(2):
+        prefix = int(seq[b] - ext[b])
+        for t in range(int(ext[b])):
+            cols = list(range(prefix)) + [prefix + c for c in range(int(ext[b])) if (tm[b, t, c] if tree else c <= t)]
+            idx = r2t[rpi[b], cols].long()
+            row = int(starts[b]) + t
+            torch.testing.assert_close(o[row].double(), _ref_attn(q[row], kb[idx], vb[idx], 0.25), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ T>0 verification hook
+
+
+def _built_tree(seed, bs=3, topk=2, depth=4, n=7):
+    g = torch.Generator().manual_seed(seed)
+    parent_list, sel = _random_tree(g, bs, topk, depth, n)
+    buf = torch.full((3, bs, n), -1, dtype=torch.int64)
+    K.build_tree_kernel_efficient_cpu(parent_list, sel, torch.full((bs,), 5), torch.ones(bs * n * n, dtype=torch.bool),
+                                      torch.empty(bs * n, dtype=torch.int64), buf[0], buf[1], buf[2], topk, depth, n, 1)
+    return g, parent_list, sel, buf
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parents_from_links_inverts_the_tree_build(seed):
+    from hass_sglang.sglang_cpu.sampling_verify import parents_from_links
+
+    _, parent_list, sel, buf = _built_tree(seed)
+    want = ops.tree_parents(parent_list, sel, 2)
+    got = parents_from_links(buf[1], buf[2])
+    assert torch.equal(got[:, 1:], want[:, 1:]) and (got[:, 0] == -1).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_specinfer_hook_with_point_mass_target_equals_greedy_verify(seed):
+    """Greedy rows (one-hot target) through the SpecInfer hook give exactly the greedy op's outputs."""
+    from hass_sglang.sglang_cpu import sampling_verify as sv
+
+    g, _, _, buf = _built_tree(seed)
+    bs, n, vocab = 3, 7, 3
+    candidates = torch.randint(0, vocab, (bs, n), generator=g)
+    logits = torch.randn(bs * n, vocab, generator=g)
+
+    class Info:
+        temperatures = torch.ones(bs, 1)
+        top_ks = torch.ones(bs, dtype=torch.int32)
+
+    def outs():
+        return dict(predicts=torch.zeros(bs * n, dtype=torch.int32), accept_index=torch.full((bs, 5), -1, dtype=torch.int32),
+                    accept_token_num=torch.zeros(bs, dtype=torch.int32))
+
+    common = dict(candidates=candidates, retrieve_index=buf[0], retrieve_next_token=buf[1], retrieve_next_sibling=buf[2])
+    ref = outs()
+    K.verify_tree_greedy_cpu(ref["predicts"], ref["accept_index"], ref["accept_token_num"], candidates, buf[0], buf[1],
+                             buf[2], logits.argmax(-1).view(bs, n))
+    got = outs()
+    token = sv._VERIFY_CTX.set({"logits": logits, "info": Info(), "n": n})
+    try:
+        sv.around_verify(None, **got, **common, target_predict=None)
+    finally:
+        sv._VERIFY_CTX.reset(token)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
