@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     rows = summarize(runs)
     print(f"\n{target.path.name} {args.dtype}, draft {args.draft}, T={args.temperature}, top_p={args.top_p}, tree {tree}, "
           f"{len(prompts)} prompts x {args.max_new_tokens} new tokens\n")
-    sets = list(dict.fromkeys(r.eval_set for r in rows))
+    sets = [s for s in dict.fromkeys(r.eval_set for r in rows) if s != "mean"] + ["mean"]
     print("| method | " + " | ".join(sets) + " |")
     print("|---|" + "---|" * len(sets))
     for m in ("vanilla", *VERIFY_METHODS):

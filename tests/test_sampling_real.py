@@ -37,7 +37,7 @@ def homogeneity_pvalue(a: list[tuple], b: list[tuple]) -> float:
 
 @pytest.fixture(scope="module")
 def prompt_and_vanilla(target):
-    ids = target.chat_prompt_ids("Say one word about the sea.")
+    ids = target.chat_prompt_ids("List three colors.")  # the shipped draft is often accepted on it
     pairs = [tuple(generate_vanilla(target, ids, 3, SP, torch.Generator().manual_seed(s)).tokens[1:]) for s in range(RUNS)]
     return ids, pairs
 
