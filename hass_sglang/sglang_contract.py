@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from hass_sglang.sglang_plugin import SPECULATIVE_FIELDS
+
 PINNED_SGLANG = "0.5.23"
 
 
@@ -32,15 +34,8 @@ class Symbol(BaseModel):
     fields: tuple[str, ...] | None = None  # msgspec Struct fields that must exist (ServerArgs)
 
 
-_TREE_FIELDS = (
-    "model_path",
-    "speculative_algorithm",
-    "speculative_draft_model_path",
-    "speculative_num_steps",
-    "speculative_eagle_topk",
-    "speculative_num_draft_tokens",
-    "speculative_token_map",
-)
+# the fields the plan reads (model_path) and declares; one list, shared with the plugin
+_TREE_FIELDS = ("model_path", *SPECULATIVE_FIELDS)
 
 SYMBOLS: tuple[Symbol, ...] = (
     # Plugin loading (every process SGLang starts calls load_plugins).
