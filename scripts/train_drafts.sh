@@ -11,7 +11,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 RUN="${RUN:-runs/v2}"
 DATA="${HASS_DATA_DIR:-$root/../shared/data}"
-EPOCHS="${EPOCHS:-3}"          # epochs of every from-scratch draft
+EPOCHS="${EPOCHS:-5}"          # epochs of every from-scratch draft
 CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the DeepSeek-R1 recipe)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
