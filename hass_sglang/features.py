@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hass_sglang.data import load_sharegpt, tokenize_conversation
+from hass_sglang.data import load_sharegpt, tokenize_conversation, write_json_atomic
 from hass_sglang.errors import HassError
 from hass_sglang.losses import teacher_topk
 from hass_sglang.target import Target
@@ -58,9 +58,7 @@ def _versions() -> dict:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 def read_manifest(out_dir: Path) -> dict | None:
