@@ -1,0 +1,126 @@
+"""PNG plots of a summary (matplotlib, Agg backend: no display needed).
+
+speedup.png      speedup over the baseline per dataset and Mean, one bar per method, one panel per T
+tau.png          per-request tau distribution per dataset, speculative methods, one panel per T
+concurrency.png  throughput and latency p50/p95 vs concurrency (only with more than one concurrency)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hass_sglang.bench.questions import DISPLAY_NAMES
+from hass_sglang.bench.report import MEAN, cell_index, latest_records
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speedup(summary: dict, path: Path) -> Path | None:
+    plt = _plt()
+    idx = cell_index(summary)
+    c = min(summary["concurrencies"])
+    methods = [m for m in summary["methods"] if m != summary["baseline"]]
+    cols = [*summary["datasets"], MEAN]
+    temps = summary["temperatures"]
+    if not methods or not temps:
+        return None
+    fig, axes = plt.subplots(1, len(temps), figsize=(1.2 * len(cols) * len(temps) + 2, 4), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, t in zip(axes[0], temps):
+        for i, m in enumerate(methods):
+            ys = [(idx.get((m, t, c, d)) or {}).get("speedup") or 0.0 for d in cols]
+            ax.bar([j + i * width - 0.4 + width / 2 for j in range(len(cols))], ys, width, label=m)
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(cols)), [DISPLAY_NAMES.get(d, d) for d in cols], rotation=30, ha="right")
+        ax.set_title(f"T={t:g}, concurrency {c}")
+        ax.set_ylabel(f"speedup over {summary['baseline']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tau(summary: dict, raw: dict, path: Path) -> Path | None:
+    plt = _plt()
+    c = min(summary["concurrencies"])
+    temps = summary["temperatures"]
+    taus = {}
+    for (m, t, cc), recs in raw.items():
+        if cc != c:
+            continue
+        for r in latest_records(recs):
+            if r.get("tau") is not None:
+                taus.setdefault((t, m), {}).setdefault(r["dataset"], []).append(r["tau"])
+    methods = [m for m in summary["methods"] if any((t, m) in taus for t in temps)]
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, len(temps), figsize=(1.4 * len(summary["datasets"]) * len(temps) + 2, 4),
+                             squeeze=False)
+    for ax, t in zip(axes[0], temps):
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            data = [taus.get((t, m), {}).get(d, []) for d in summary["datasets"]]
+            pos = [j + i * width - 0.4 + width / 2 for j in range(len(data))]
+            keep = [(p, x) for p, x in zip(pos, data) if x]
+            if keep:
+                bp = ax.boxplot([x for _, x in keep], positions=[p for p, _ in keep], widths=width * 0.9,
+                                patch_artist=True, manage_ticks=False)
+                for box in bp["boxes"]:
+                    box.set_facecolor(f"C{i}")
+                ax.plot([], [], color=f"C{i}", linewidth=6, label=m)
+        ax.set_xticks(range(len(summary["datasets"])), [DISPLAY_NAMES.get(d, d) for d in summary["datasets"]],
+                      rotation=30, ha="right")
+        ax.set_title(f"T={t:g}, concurrency {c}")
+        ax.set_ylabel("τ per request (tokens / verify step)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_concurrency(summary: dict, path: Path) -> Path | None:
+    if len(summary["concurrencies"]) < 2:
+        return None
+    plt = _plt()
+    idx = cell_index(summary)
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, m in enumerate(summary["methods"]):
+        for j, t in enumerate(summary["temperatures"]):
+            cs = [c for c in summary["concurrencies"] if (m, t, c, MEAN) in idx]
+            if not cs:
+                continue
+            style = ["-", "--", ":", "-."][j % 4]
+            cells = [idx[(m, t, c, MEAN)] for c in cs]
+            ax_t.plot(cs, [x["throughput"] for x in cells], style, marker="o", color=f"C{i}", label=f"{m} T={t:g}")
+            ax_l.plot(cs, [x["latency_p50_s"] for x in cells], style, marker="o", color=f"C{i}",
+                      label=f"{m} T={t:g} p50")
+            ax_l.plot(cs, [x["latency_p95_s"] for x in cells], style, marker="x", color=f"C{i}", alpha=0.5,
+                      label=f"{m} T={t:g} p95")
+    for ax, label in ((ax_t, "output token/s (mean over datasets)"), (ax_l, "request latency (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(summary["concurrencies"], [str(c) for c in summary["concurrencies"]])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(summary: dict, raw: dict, plots_dir: Path) -> list[Path]:
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    made = [plot_speedup(summary, plots_dir / "speedup.png"), plot_tau(summary, raw, plots_dir / "tau.png"),
+            plot_concurrency(summary, plots_dir / "concurrency.png")]
+    return [p for p in made if p is not None]
