@@ -66,9 +66,12 @@ class StubServer:
                 if ext:
                     events.append({**chunk, "choices": [], "sglext": ext})
                 events.append({**chunk, "choices": [], "usage": usage})
-                for ev in events:
-                    self.wfile.write(f"data: {json.dumps(ev)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
+                try:
+                    for ev in events:
+                        self.wfile.write(f"data: {json.dumps(ev)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a load test stopping mid-stream)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -92,9 +92,9 @@ class RecordWriter:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            with path.open("ab") as fh:  # a previous run was killed mid-line: terminate it
-                fh.write(b"\n")
+        if path.is_file() and path.stat().st_size and not (data := path.read_bytes()).endswith(b"\n"):
+            with path.open("r+b") as fh:  # a previous run was killed mid-line: drop the torn line
+                fh.truncate(data.rfind(b"\n") + 1)
         self._fh = path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
