@@ -62,9 +62,12 @@ def versions() -> dict:
 
 
 def _union(old: list, new: list, key=lambda x: x) -> list:
+    """Old entries first, in order; a new entry updates its old namesake (dicts are merged, so a
+    method resumed without being started again keeps its recorded server_info)."""
     seen = {key(x): x for x in old}
     for x in new:
-        seen[key(x)] = x
+        prev = seen.get(key(x))
+        seen[key(x)] = {**prev, **x} if isinstance(prev, dict) and isinstance(x, dict) else x
     return list(seen.values())
 
 
