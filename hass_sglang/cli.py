@@ -1,6 +1,8 @@
 """`hass` command line: one subcommand per pipeline step.
 
-  hass generate      vanilla vs speculative decoding on the eval sets: tokens/s and tau (main job)
+  hass serve         `python -m sglang.launch_server --speculative-algorithm HASS` on the embedded
+                     default (or any target/draft); `--ask` answers one chat request and stops (main job)
+  hass generate      reference decoder: vanilla vs speculative decoding on the eval sets (tokens/s, tau)
   hass check-draft   validate a draft folder against a target
   hass convert       HASS reference release -> SGLang EAGLE draft folder
   hass data          chat data (local JSON/JSONL or hub dataset) -> ShareGPT JSON
@@ -104,6 +106,72 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def serve_argv(model: str, draft: str | None, host: str, port: int, tree: tuple[str, ...] | None, cpu: bool,
+               extra: list[str]) -> list[str]:
+    """The `python -m sglang.launch_server` command line `hass serve` runs (pure)."""
+    from hass_sglang.sglang_cpu.serve import CPU_TREE, cpu_server_argv
+
+    if cpu:  # fp32, small KV reservation, the CPU tree unless given (docs/sglang-cpu.md)
+        argv = cpu_server_argv(model, port, draft, tree=tree or CPU_TREE, extra=tuple(extra))
+        return [a if a != "127.0.0.1" else host for a in argv]
+    argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port)]
+    if draft is not None:
+        argv += ["--speculative-algorithm", "HASS", "--speculative-draft-model-path", draft, *(tree or ())]
+    return argv + extra
+
+
+def cmd_serve(args) -> int:
+    import shlex
+    import tempfile
+    import time
+
+    import torch
+
+    from hass_sglang.sglang_cpu.serve import cpu_server_env, free_port, running_server
+    from hass_sglang.target import resolve_target
+
+    model = str(resolve_target(args.target))
+    draft = None if args.vanilla else (args.draft or (str(default_draft()) if default_draft() else None))
+    if draft is None and not args.vanilla:
+        raise HassError("no draft: pass --draft <folder> (or --vanilla to serve without speculation)")
+    tree = None
+    if args.tree:
+        steps, topk, tokens = args.tree.split()
+        tree = ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk,
+                "--speculative-num-draft-tokens", tokens)
+    cpu = not torch.cuda.is_available()
+    port = args.port or free_port()
+    extra = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
+    argv = serve_argv(model, draft, args.host, port, tree, cpu, extra)
+    env = cpu_server_env() if cpu else dict(os.environ)
+    print("+", " ".join(f"{k}={env[k]}" for k in ("SGLANG_USE_CPU_ENGINE", "OMP_NUM_THREADS") if cpu and k in env),
+          shlex.join(argv), flush=True)
+    if args.ask is None:  # a plain server in the foreground
+        os.execvpe(argv[0], argv, env)
+    import openai
+
+    url = f"http://{args.host}:{port}"
+    log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{port}.log")
+    print(f"server log: {log}", flush=True)
+    with running_server(argv, url, env, log_path=log, timeout_s=args.timeout):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=args.timeout)
+        # The first request pays one-time costs (kernel selection, graph warm-up): keep them out of tok/s.
+        client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        start = time.perf_counter()
+        reply = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": args.ask}], max_tokens=args.max_tokens,
+            temperature=args.temperature, extra_body={"return_spec_tokens_details": True})
+        seconds = time.perf_counter() - start
+    print(f"\nuser: {args.ask}\nassistant: {reply.choices[0].message.content}\n")
+    tokens = reply.usage.completion_tokens
+    spec = ((reply.model_extra or {}).get("sglext") or {}).get("spec_tokens_details") or {}
+    line = f"{tokens} tokens in {seconds:.2f} s ({tokens / seconds:.1f} tok/s, one request after a warm-up)"
+    if spec.get("spec_verify_ct"):
+        line += f"; accept length {spec['spec_accept_length']:.2f} over {spec['spec_verify_ct']} verify steps"
+    print(line)
+    return 0
+
+
 def cmd_check_draft(args) -> int:
     from hass_sglang.checkpoint import load_draft, read_draft_metadata
     from hass_sglang.target import load_target
@@ -201,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="hass", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    sv = sub.add_parser("serve", help="python -m sglang.launch_server --speculative-algorithm HASS on the embedded default")
+    sv.add_argument("--target", default=EMBEDDED_TARGET, help="target model (default: the embedded SmolLM2)")
+    sv.add_argument("--draft", help="draft folder (default: the shipped HASS draft)")
+    sv.add_argument("--vanilla", action="store_true", help="serve without speculation")
+    sv.add_argument("--tree", help="'steps topk draft_tokens' (default: the CPU tree on CPU hosts, HASS's 6 10 60 on GPU)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=0, help="default: a free port")
+    sv.add_argument("--ask", help="send this chat message, print the answer, tok/s and accept length, then stop")
+    sv.add_argument("--max-tokens", type=int, default=128)
+    sv.add_argument("--temperature", type=float, default=0.0)
+    sv.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server / the answer")
+    sv.add_argument("--log", help="server log file with --ask (default: a file in the temp folder)")
+    sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
+    sv.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="vanilla vs speculative decoding: tokens/s and tau")
     add_eval_args(g, per_set=1, max_new_tokens=96)

@@ -148,6 +148,12 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="AROUND hook: the CPU branch's verifier, replaced by SpecInfer at T>0"),
     Symbol(path="sglang.srt.speculative.eagle_utils:_verify_uses_greedy",
            why="why CPU verification is greedy-only in stock SGLang (is_cpu forces it)"),
+    Symbol(path="sglang.srt.entrypoints.openai.serving_chat:OpenAIServingChat._validate_request",
+           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (sglang_requests.py)"),
+    Symbol(path="sglang.srt.entrypoints.openai.serving_completions:OpenAIServingCompletion._validate_request",
+           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (sglang_requests.py)"),
+    Symbol(path="sglang.srt.entrypoints.openai.serving_base:OpenAIServingBase.handle_request",
+           why="turns a _validate_request message into a 400 error response"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",
            why="the [bs, topk, num_steps] draft slot layout build_draft_decode_metadata_cpu follows"),
 )

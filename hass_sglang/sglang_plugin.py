@@ -71,6 +71,9 @@ def register() -> None:
     from hass_sglang.sglang_cpu import activate as activate_cpu_backend
 
     activate_cpu_backend()
+    from hass_sglang.sglang_requests import register_hooks as register_request_checks
+
+    register_request_checks()  # unknown `model` names -> 400 instead of an answer from this model
     register_resolution_hook(RESOLUTION_STEP)(resolve_hass)
     # overwrite=True: re-registering our own package (e.g. a second loader) must not fail.
     ModelRegistry.register(MODEL_PACKAGE, overwrite=True, strict=True)

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from hass_sglang.checkpoint import save_draft
 from hass_sglang.heads import build_head
 
@@ -43,3 +45,31 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     assert r.returncode == 2 and "num_draft_tokens must be in" in r.stderr
     r = run("check-draft", str(tmp_path))
     assert r.returncode == 2 and "has no config.json" in r.stderr
+
+
+def test_serve_command_line_is_sglang_launch_server_with_hass():
+    from hass_sglang.cli import serve_argv
+
+    argv = serve_argv("/m", "/d", "0.0.0.0", 30000, None, cpu=True, extra=["--log-level", "warning"])
+    assert argv[1:3] == ["-m", "sglang.launch_server"]
+
+    def flag(name):
+        return argv[argv.index(name) + 1]
+
+    assert flag("--speculative-algorithm") == "HASS" and flag("--speculative-draft-model-path") == "/d"
+    assert flag("--host") == "0.0.0.0" and flag("--device") == "cpu" and flag("--dtype") == "float32"
+    assert argv[-2:] == ["--log-level", "warning"]
+    gpu = serve_argv("/m", None, "127.0.0.1", 1, None, cpu=False, extra=[])
+    assert "--speculative-algorithm" not in gpu and "--device" not in gpu
+
+
+@pytest.mark.slow
+def test_readme_main_command_serves_hass_through_sglang_and_answers_a_chat_request():
+    """`hass serve --ask` (the README's main command): real launch_server with the shipped HASS draft."""
+    r = subprocess.run([*HASS, "serve", "--ask", "What is the capital of France?", "--max-tokens", "16"],
+                       capture_output=True, text=True, env=ENV, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "-m sglang.launch_server" in r.stdout and "--speculative-algorithm HASS" in r.stdout
+    assert "smollm2-135m-hass-eagle" in r.stdout
+    assert "Paris" in r.stdout.split("assistant:", 1)[1]
+    assert "accept length" in r.stdout

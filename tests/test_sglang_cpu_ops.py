@@ -378,3 +378,23 @@ def test_specinfer_hook_with_point_mass_target_equals_greedy_verify(seed):
         sv._VERIFY_CTX.reset(token)
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_hook_target_probs_apply_each_requests_temperature_top_k_top_p():
+    """The hook's per-request distribution is the project's one definition (sampling.target_probs);
+    SGLang's greedy rows (top_k == 1) and its 'no top-k' sentinel (1 << 30) are mapped."""
+    from hass_sglang.sampling import SamplingParams, target_probs as ref_probs
+    from hass_sglang.sglang_cpu.sampling_verify import target_probs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 50, generator=g)
+    temps = torch.tensor([[0.7], [1.0], [1.3], [1.0]])
+    top_ks = torch.tensor([1 << 30, 3, 1 << 30, 1], dtype=torch.int32)
+    top_ps = torch.tensor([1.0, 1.0, 0.6, 1.0])
+    got = target_probs(logits, temps, top_ks, top_ps)
+    assert torch.allclose(got[0], ref_probs(logits[0], SamplingParams(temperature=0.7)))
+    assert torch.allclose(got[1], ref_probs(logits[1], SamplingParams(temperature=1.0, top_k=3)))
+    assert ((got[1] > 0).sum(-1) == 3).all()
+    assert torch.allclose(got[2], ref_probs(logits[2], SamplingParams(temperature=1.3, top_p=0.6)))
+    assert torch.equal(got[3].argmax(-1), logits[3].argmax(-1)) and torch.equal(got[3].sum(-1), torch.ones(5))
+    assert ((got[3] == 1) | (got[3] == 0)).all()

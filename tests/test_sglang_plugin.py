@@ -357,3 +357,24 @@ def test_engine_style_server_args_resolve_too(target_dir, drafts):
     got = resolved_speculative_args(server_args)
     assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "Hass"
     assert {k: got[k] for k in HASS_TREE} == HASS_TREE
+
+
+def test_unknown_model_names_are_named_in_an_error_and_served_names_pass():
+    from hass_sglang.sglang_requests import unknown_model_error
+
+    served = "/models/SmolLM2-135M-Instruct"
+    for ok in (served, "default", "", None, f"{served}:my-lora", "default:my-lora"):
+        assert unknown_model_error(ok, served) is None, ok
+    msg = unknown_model_error("gpt-4o", served)
+    assert "gpt-4o" in msg and served in msg and "does not exist" in msg
+
+
+def test_request_check_hooks_target_sglang_methods_that_exist():
+    """The hook targets resolve in the installed SGLang (a renamed method would silently skip the check)."""
+    import pkgutil
+
+    from hass_sglang.sglang_requests import CHAT_TARGET, COMPLETION_TARGET
+
+    for target in (CHAT_TARGET, COMPLETION_TARGET):
+        owner, attr = target.rsplit(".", 1)
+        assert callable(getattr(pkgutil.resolve_name(owner), attr)), target

@@ -11,8 +11,9 @@ through SGLang's hook registry (`sglang.srt.plugins.hook_registry`) replace that
   greedy walk and fills SGLang's (predicts, accept_index, accept_token_num) outputs.
 
 Greedy rows (top_k == 1) of a mixed batch get a point-mass target distribution, for which SpecInfer
-reduces to greedy verification. Only temperature is applied (not top-k > 1 / top-p), and random
-numbers come from torch's global generator, not SGLang's per-request coins.
+reduces to greedy verification. Temperature, top-k and top-p are applied as in every other decoder
+of the project (`hass_sglang.sampling.target_probs`); min-p and penalties are not. Random numbers
+come from torch's global generator, not SGLang's per-request seeds.
 EAGLE drafts in SGLang keep no draft probabilities, so SpecInfer (point-mass drafts) is the rule.
 """
 
@@ -23,6 +24,8 @@ import logging
 
 import torch
 
+from hass_sglang.sampling import SamplingParams
+from hass_sglang.sampling import target_probs as sampling_target_probs
 from hass_sglang.verify import verify_specinfer
 
 logger = logging.getLogger(__name__)
@@ -54,11 +57,23 @@ def parents_from_links(next_token: torch.Tensor, next_sibling: torch.Tensor) -> 
     return parent
 
 
-def target_probs(logits: torch.Tensor, temperatures: torch.Tensor, greedy_rows: torch.Tensor) -> torch.Tensor:
-    """[bs, n, V] probabilities: softmax(logits / T) per request, one-hot argmax for greedy rows."""
-    p = torch.softmax(logits.float() / temperatures.float().clamp(min=1e-5)[:, None, None], dim=-1)
-    hard = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(p.dtype)
-    return torch.where(greedy_rows[:, None, None], hard, p)
+def target_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None = None,
+                 top_ps: torch.Tensor | None = None) -> torch.Tensor:
+    """[bs, n, V] per-request sampling distributions (temperature, top-k, top-p through
+    `hass_sglang.sampling.target_probs`, the one definition every decoder uses); rows with
+    top_k == 1 (SGLang's greedy) or temperature 0 get the one-hot argmax."""
+    bs = logits.shape[0]
+    out = torch.empty(logits.shape, dtype=torch.float32)
+    for b in range(bs):  # requests, not tokens: the batch is small on CPU
+        temp = float(temperatures.reshape(-1)[b])
+        k = int(top_ks.reshape(-1)[b]) if top_ks is not None else 0
+        if k == 1 or temp <= 0:
+            out[b] = torch.nn.functional.one_hot(logits[b].argmax(-1), logits.shape[-1]).float()
+            continue
+        sp = SamplingParams(temperature=temp, top_k=0 if k >= logits.shape[-1] or k < 0 else k,
+                            top_p=float(top_ps.reshape(-1)[b]) if top_ps is not None else 1.0)
+        out[b] = sampling_target_probs(logits[b], sp)
+    return out
 
 
 def specinfer_accept(candidates, parents, probs, generator=None):
@@ -107,8 +122,7 @@ def around_verify(original, *args, **kwargs):
     bs, n = candidates.shape
     info = ctx["info"]
     logits = ctx["logits"].reshape(bs, n, -1)
-    greedy = (info.top_ks.reshape(-1) == 1) if info.top_ks is not None else torch.zeros(bs, dtype=torch.bool)
-    probs = target_probs(logits, info.temperatures.reshape(-1), greedy)
+    probs = target_probs(logits, info.temperatures, getattr(info, "top_ks", None), getattr(info, "top_ps", None))
     parents = parents_from_links(kwargs["retrieve_next_token"], kwargs["retrieve_next_sibling"])
     deepest, emitted = specinfer_accept(candidates, parents, probs)
     width = accept_index.shape[1]

@@ -47,15 +47,24 @@ def cpu_server_env(base=None) -> dict:
 def cpu_server(model_path: str, draft_path: str | None = None, log_path: str | Path | None = None,
                timeout_s: float = 300, **kw):
     port = free_port()
-    argv = cpu_server_argv(model_path, port, draft_path, **kw)
-    log = open(log_path or os.devnull, "w")
-    proc = subprocess.Popen(argv, env=cpu_server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    with running_server(cpu_server_argv(model_path, port, draft_path, **kw), f"http://127.0.0.1:{port}",
+                        cpu_server_env(), log_path, timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(argv: list[str], url: str, env: dict | None = None, log_path: str | Path | None = None,
+                   timeout_s: float = 300, log_to_console: bool = False):
+    """Run a launch_server argv in its own process group until /health_generate answers; yield
+    `url`; kill the whole group afterwards (an idle SGLang scheduler keeps a core busy)."""
+    log = None if log_to_console else open(log_path or os.devnull, "w")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=True)
     try:
         deadline = time.time() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"sglang server exited with {proc.returncode}; log: {log_path}")
+                raise RuntimeError(f"sglang server exited with {proc.returncode}; log: {log_path or 'console'}")
             try:
                 with urllib.request.urlopen(url + "/health_generate", timeout=120) as r:
                     if r.status == 200:
@@ -63,7 +72,7 @@ def cpu_server(model_path: str, draft_path: str | None = None, log_path: str | P
             except OSError:
                 pass
             if time.time() > deadline:
-                raise TimeoutError(f"sglang server not ready after {timeout_s}s; log: {log_path}")
+                raise TimeoutError(f"sglang server not ready after {timeout_s}s; log: {log_path or 'console'}")
             time.sleep(2)
         yield url
     finally:
@@ -74,4 +83,5 @@ def cpu_server(model_path: str, draft_path: str | None = None, log_path: str | P
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+        if log is not None:
+            log.close()
