@@ -35,7 +35,8 @@ def _run(a) -> int:
     mtp = None if mtp == "none" else mtp
     if any(t < 0 for t in a.temperatures) or any(c < 1 for c in a.concurrency) or a.max_tokens < 1:
         raise HassError("temperatures must be >= 0, concurrencies >= 1, --max-tokens >= 1")
-    sets = questions.load_datasets(a.datasets, a.hf, a.hf_column, a.hf_split, a.hf_subset, a.hf_id_column,
+    names = a.datasets if a.datasets is not None else ([] if a.hf else list(EVAL_SETS))
+    sets = questions.load_datasets(names, a.hf, a.hf_column, a.hf_split, a.hf_subset, a.hf_id_column,
                                    a.questions)
     opts = launch.LaunchOptions(model=a.model_path, device=a.device, tree=launch.parse_tree(a.tree),
                                 launch_args=tuple(shlex.split(a.launch_args or "")),
@@ -88,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline", default="vanilla", help="the method speedups are relative to (default vanilla)")
     g.add_argument("--mtp", default=None, help="the method '+x%%' is relative to (default 'mtp' if present; 'none')")
     d = r.add_argument_group("datasets")
-    d.add_argument("--datasets", nargs="*", default=list(EVAL_SETS), metavar="SET|[NAME=]FILE",
-                   help=f"eagle_eval sets ({', '.join(EVAL_SETS)}) or FastChat question files (default: all six)")
+    d.add_argument("--datasets", nargs="*", default=None, metavar="SET|[NAME=]FILE",
+                   help=f"eagle_eval sets ({', '.join(EVAL_SETS)}) or FastChat question files "
+                        "(default: all six, or none when --hf is given)")
     d.add_argument("--hf", nargs="*", default=[], metavar="NAME=DATASET_ID",
                    help="HF datasets (hub id or local dataset folder), converted on the fly")
     d.add_argument("--hf-column", default="question", help="column holding the prompt (string or list of turns)")

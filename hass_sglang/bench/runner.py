@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hass_sglang.bench.questions import BenchDataset
@@ -124,7 +124,6 @@ class Answer:
     finish_reason: str | None
     verify_ct: int | None = None
     accept_length: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def tau(self) -> float | None:
