@@ -4,7 +4,6 @@ here is a stdlib OpenAI-compatible stub (tests/bench_stub_server.py) that only e
 bookkeeping; tests/test_bench_e2e.py runs the same code against real SGLang servers."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -208,8 +207,7 @@ def test_ctrl_c_leaves_a_valid_partial_result_that_resumes(tmp_path):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "serving_bench.py"), "run", "--out", str(out), "--endpoint",
                f"hass={h.url}", "--baseline", "hass", "--datasets", str(qfile), "--temperatures", "0",
                "--no-progress", "--no-plots", "--max-tokens", "4"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         raw = out / "raw" / "hass" / "t0_c1.jsonl"
         deadline = time.time() + 60
         while time.time() < deadline and (not raw.is_file() or len(raw.read_text().splitlines()) < 3):

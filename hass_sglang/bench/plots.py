@@ -75,6 +75,10 @@ def plot_tau(summary: dict, raw: dict, path: Path) -> Path | None:
                                 patch_artist=True, manage_ticks=False)
                 for box in bp["boxes"]:
                     box.set_facecolor(f"C{i}")
+                for median in bp["medians"]:
+                    median.set(color="black")
+                for p, x in keep:  # the requests themselves (a few per set on a CPU run)
+                    ax.scatter([p] * len(x), x, s=10, color=f"C{i}", edgecolors="black", linewidths=0.4, zorder=3)
                 ax.plot([], [], color=f"C{i}", linewidth=6, label=m)
         ax.set_xticks(range(len(summary["datasets"])), [DISPLAY_NAMES.get(d, d) for d in summary["datasets"]],
                       rotation=30, ha="right")
