@@ -39,6 +39,8 @@ class StubServer:
                 self._json({"error": "not found"}, 404)
 
             def do_POST(self):
+                if self.path != "/v1/chat/completions":
+                    return self._json({"error": "not found"}, 404)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
                 time.sleep(stub.delay_s)

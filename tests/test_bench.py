@@ -176,6 +176,7 @@ def test_resume_sends_only_the_missing_questions(tmp_path):
             [("toy", str(i)) for i in range(3)] + [("mt_bench", q) for q in ("81", "82", "83")])
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "complete" and [m["name"] for m in manifest["methods"]] == ["vanilla", "hass"]
+        assert manifest["methods"][1]["prefix_cache_flushed"] is False  # not an SGLang server: no /flush_cache
         assert {c["dataset"] for c in s["cells"]} == {"toy", "mt_bench", "Mean"}
         with pytest.raises(ResultsError, match="max_tokens"):
             run_benchmark(out, methods, qs, [0.0], [1], RequestSettings(max_tokens=9), "vanilla", None,

@@ -4,6 +4,7 @@ HASS given as a running endpoint (the same server then takes a 10 s locust load)
 MT-bench and GSM8K, T=0 and T=1, concurrency 1 and 2, 16 tokens. Checks every file of the result
 folder and that the numbers agree with each other."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from hass_sglang.bench.__main__ import main
 from hass_sglang.bench.launch import SHIPPED_DRAFTS
 from hass_sglang.bench.report import MEAN
-from hass_sglang.bench.runner import read_records
+from hass_sglang.bench.runner import Endpoint, RequestSettings, chat_once, make_client, read_records
 from hass_sglang.sglang_cpu.serve import cpu_server
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,12 @@ def _run_args(out, hass_url=None):
             "--temperatures", "0", "1", "--concurrency", "1", "2", "--max-tokens", "16", "--no-progress"]
 
 
+async def _one_plain_request(url):
+    settings = RequestSettings(max_tokens=16, stream=False)
+    async with make_client(Endpoint("hass", url), settings) as client:
+        return await chat_once(client, [{"role": "user", "content": "Name three primary colours."}], 0.0, settings)
+
+
 def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
     from hass_sglang.target import EMBEDDED_TARGET, resolve_target
 
@@ -42,6 +49,8 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
         logs = {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}
         assert main(_run_args(out, url)) == 0  # vanilla and MTP are complete: only HASS is measured
         assert logs == {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}  # their servers not restarted
+        plain = asyncio.run(_one_plain_request(url))  # tau also without streaming (response-level sglext)
+        assert plain.verify_ct and plain.tau >= 1 and plain.accept_length == pytest.approx(plain.tau, rel=1e-3)
         locust = subprocess.run(
             [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "benchmarks" / "locustfile.py"),
              "--headless", "--host", url, "--users", "2", "--spawn-rate", "2", "--run-time", "10s", "--only-summary",
@@ -60,6 +69,7 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["mtp"] == "mtp" and manifest["baseline"] == "vanilla"
     info = {m["name"]: m for m in manifest["methods"]}
+    assert all(info[m]["prefix_cache_flushed"] is True for m in METHODS)  # no cell reuses another's prompts
     assert info["hass"]["server_info"]["speculative_algorithm"] in ("EAGLE", "HASS")
     assert info["vanilla"]["server_info"].get("speculative_algorithm") in (None, "NONE", "")
     assert (out / "logs" / "vanilla.log").is_file() and (out / "logs" / "mtp.log").is_file()

@@ -85,8 +85,9 @@ def run_benchmark(out: Path, methods: list[MethodSpec], datasets: list[BenchData
             with launched(spec.launch, launch_opts) if spec.launch else contextlib.nullcontext(spec.url) as url:
                 entries[spec.name].update(url=url, server_info=server_info(url))
                 results.write_manifest(out, manifest)
-                asyncio.run(run_method(Endpoint(spec.name, url), datasets, temperatures, concurrencies, settings, out,
-                                       warmup=warmup, show_progress=show_progress))
+                done = asyncio.run(run_method(Endpoint(spec.name, url), datasets, temperatures, concurrencies,
+                                              settings, out, warmup=warmup, show_progress=show_progress))
+                entries[spec.name]["prefix_cache_flushed"] = done["prefix_cache_flushed"]
         manifest["status"] = "complete"
     except KeyboardInterrupt:
         manifest["status"] = "interrupted"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,18 @@ async def run_cell(client, method: str, dataset: BenchDataset, temperature: floa
     return len(todo)
 
 
+def flush_prefix_cache(endpoint: Endpoint) -> bool:
+    """Empty SGLang's radix (prefix) cache, so a cell does not reuse the prompts of the previous
+    cell (same questions at another T or concurrency); False where the server has no /flush_cache."""
+    root = endpoint.api_base.removesuffix("/v1")
+    try:
+        req = urllib.request.Request(root + "/flush_cache?timeout=30", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 async def warm_up(endpoint: Endpoint, settings: RequestSettings, n: int) -> None:
     """Untimed requests first: the first call on a fresh server pays compilation and allocation."""
     short = RequestSettings(max_tokens=8, stream=False, model=settings.model, timeout_s=settings.timeout_s,
@@ -275,20 +288,22 @@ def pending(out: Path, method: str, datasets: list[BenchDataset], temperatures: 
 async def run_method(endpoint: Endpoint, datasets: list[BenchDataset], temperatures: list[float],
                      concurrencies: list[int], settings: RequestSettings, out: Path, warmup: int = 1,
                      show_progress: bool = True) -> dict:
-    """Every (temperature, concurrency, dataset) cell of one method; returns {raw file: requests sent}."""
+    """Every (temperature, concurrency, dataset) cell of one method, the prefix cache flushed before
+    each (T, concurrency); returns {"sent": {raw file: requests sent}, "prefix_cache_flushed": bool}."""
     from tqdm import tqdm
 
     todo = {(t, c): (raw_path(out, endpoint.name, t, c), finished_keys(read_records(raw_path(out, endpoint.name, t, c))))
             for t in temperatures for c in concurrencies}
     if not pending(out, endpoint.name, datasets, temperatures, concurrencies):
-        return {str(p): 0 for p, _ in todo.values()}
+        return {"sent": {str(p): 0 for p, _ in todo.values()}, "prefix_cache_flushed": None}
     await check_endpoint(endpoint, settings)
     if warmup:
         await warm_up(endpoint, settings, warmup)
-    sent = {}
+    sent, flushed = {}, True
     async with make_client(endpoint, settings) as client:
         with tqdm(total=0, disable=not show_progress, unit="q", dynamic_ncols=True) as bar:
             for (t, c), (path, done) in todo.items():
+                flushed = await asyncio.to_thread(flush_prefix_cache, endpoint) and flushed
                 writer = RecordWriter(path)
                 try:
                     sent[str(path)] = 0
@@ -296,4 +311,4 @@ async def run_method(endpoint: Endpoint, datasets: list[BenchDataset], temperatu
                         sent[str(path)] += await run_cell(client, endpoint.name, ds, t, c, settings, writer, done, bar)
                 finally:
                     writer.close()
-    return sent
+    return {"sent": sent, "prefix_cache_flushed": flushed}
