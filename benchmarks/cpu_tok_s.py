@@ -1,10 +1,13 @@
-"""Decode speed of SGLang on CPU: plain vs HASS (EAGLE path + hass_sglang CPU backend).
+"""Decode speed of SGLang on this CPU: plain decoding vs HASS with several trees, T=0 and T=1, side by side.
 
-    PYTHONPATH=. python benchmarks/cpu_tok_s.py --draft <draft dir or 'random'> [--prompts 3 --max-tokens 64]
+    PYTHONPATH=. python benchmarks/cpu_tok_s.py [--draft DIR|random] [--trees "3 2 6" "2 1 3" ...]
+        [--per-set 1 --max-tokens 48 --temperatures 0 1 --threads 1]
 
-One server at a time (fp32, --max-total-tokens 16384, small tree `serve.CPU_TREE`); T=0 chat
-requests from eagle_eval mt_bench; reports completion tokens / wall seconds per server and the
-speculative accept length from SGLang's meta_info.
+One server at a time (fp32, --max-total-tokens 16384); each server answers the same chat requests
+(`--per-set` questions of each eagle_eval set, batch 1) at every temperature after one warm-up
+request. Prints one JSON line per (server, temperature) and a Markdown table with tok/s, speedup
+over plain decoding measured in the same run, and SGLang's accept length (completion tokens per
+verify step).
 """
 
 from __future__ import annotations
@@ -15,62 +18,89 @@ import tempfile
 import time
 import urllib.request
 
-from hass_sglang.eval_sets import load_questions
-from hass_sglang.sglang_cpu.serve import CPU_TREE, cpu_server
+from hass_sglang.eval_sets import EVAL_SETS, load_questions
+from hass_sglang.sglang_cpu.serve import cpu_server
 
 
-def _generate(url, text, max_tokens):
-    body = {"text": text, "sampling_params": {"max_new_tokens": max_tokens, "temperature": 0}}
+def _generate(url, ids, max_tokens, temperature):
+    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": max_tokens, "temperature": temperature}}
     req = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=900) as r:
         return json.load(r)
 
 
-def run(model, draft, prompts, max_tokens, tree=CPU_TREE):
-    with cpu_server(model, draft, tree=tree) as url:
-        _generate(url, "Hello", 4)  # warm-up (first-call compilation)
-        toks, secs, verify, outs = 0, 0.0, 0, []
-        for p in prompts:
-            t = time.perf_counter()
-            out = _generate(url, p, max_tokens)
-            secs += time.perf_counter() - t
-            meta = out["meta_info"]
-            toks += meta["completion_tokens"]
-            verify += meta.get("spec_verify_ct", 0) or 0
-            outs.append(out["text"])
-    return {"tok_s": round(toks / secs, 2), "tokens": toks, "seconds": round(secs, 1),
-            "accept_length": round(toks / verify, 3) if verify else None}, outs
+def tree_flags(tree: str | None) -> tuple[str, ...]:
+    steps, topk, tokens = tree.split()
+    return ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk, "--speculative-num-draft-tokens", tokens)
+
+
+def measure(model, draft, tree, prompts, max_tokens, temperatures, threads):
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # cpu_server_env keeps a value that is set
+    rows = []
+    with cpu_server(model, draft, tree=tree_flags(tree) if draft else ()) as url:
+        _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
+        for temp in temperatures:
+            toks, secs, verify, texts = 0, 0.0, 0, []
+            for ids in prompts:
+                t = time.perf_counter()
+                out = _generate(url, ids, max_tokens, temp)
+                secs += time.perf_counter() - t
+                toks += out["meta_info"]["completion_tokens"]
+                verify += out["meta_info"].get("spec_verify_ct", 0) or 0
+                texts.append(out["text"])
+            rows.append({"server": "plain" if draft is None else f"hass {tree}", "temperature": temp,
+                         "threads": threads, "tok_s": round(toks / secs, 2), "tokens": toks, "seconds": round(secs, 1),
+                         "accept_length": round(toks / verify, 3) if verify else None, "texts": texts})
+    return rows
+
+
+def table(rows) -> str:
+    plain = {(r["temperature"], r["threads"]): r["tok_s"] for r in rows if r["server"] == "plain"}
+    lines = ["| server | T | threads | tok/s | speedup vs plain | accept length |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = plain.get((r["temperature"], r["threads"]))
+        speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['server']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | {speed} | "
+                     f"{r['accept_length'] or '-'} |")
+    return "\n".join(lines)
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--draft", default="random")
-    ap.add_argument("--prompts", type=int, default=3)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--tree", default=None, help="'steps topk draft_tokens', e.g. '4 4 16' (default: serve.CPU_TREE)")
+    ap.add_argument("--draft", default=None, help="draft folder or 'random' (default: the shipped HASS draft)")
+    ap.add_argument("--trees", nargs="+", default=["3 1 4"], help="'steps topk draft_tokens' per HASS server")
+    ap.add_argument("--per-set", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP threads per server (each value: all servers)")
     ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
+    from hass_sglang.cli import default_draft
     from hass_sglang.target import load_target
 
     target = load_target()
     model = a.model or str(target.path)
-    draft = a.draft
+    draft = a.draft or str(default_draft())
     if draft == "random":
         from hass_sglang.checkpoint import save_draft
         from hass_sglang.heads import build_head
 
         draft = str(save_draft(build_head("eagle", target.config, seed=0), tempfile.mkdtemp() + "/eagle", target.config))
-    prompts = [q.turns[0] for q in load_questions("mt_bench", limit=a.prompts)]
-    tree = CPU_TREE
-    if a.tree:
-        steps, topk, tokens = a.tree.split()
-        tree = ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk,
-                "--speculative-num-draft-tokens", tokens)
-    plain, ref = (None, None) if a.skip_plain else run(model, None, prompts, a.max_tokens)
-    hass, got = run(model, draft, prompts, a.max_tokens, tree)
-    print(json.dumps({"plain": plain, "hass": hass, "same_text": None if ref is None else ref == got,
-                      "draft": a.draft, "tree": tree}))
+    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
+    rows = []
+    for threads in a.threads:
+        servers = ([] if a.skip_plain else [(None, None)]) + [(draft, t) for t in a.trees]
+        for d, tree in servers:
+            for r in measure(model, d, tree, prompts, a.max_tokens, a.temperatures, threads):
+                rows.append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "texts"}), flush=True)
+    plain_t0 = next((r["texts"] for r in rows if r["server"] == "plain" and r["temperature"] == 0), None)
+    same = {r["server"]: r["texts"] == plain_t0 for r in rows if r["temperature"] == 0 and plain_t0 is not None}
+    print(f"\ndraft {draft}; {len(prompts)} prompts x {a.max_tokens} tokens; T=0 texts equal to plain: {same}\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":

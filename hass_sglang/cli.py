@@ -2,6 +2,7 @@
 
   hass serve         `python -m sglang.launch_server --speculative-algorithm HASS` on the embedded
                      default (or any target/draft); `--ask` answers one chat request and stops (main job)
+  hass bench         serving benchmarks against SGLang / OpenAI endpoints (= python -m hass_sglang.bench)
   hass generate      reference decoder: vanilla vs speculative decoding on the eval sets (tokens/s, tau)
   hass check-draft   validate a draft folder against a target
   hass convert       HASS reference release -> SGLang EAGLE draft folder
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
     sv.set_defaults(func=cmd_serve)
 
+    sub.add_parser("bench", help="serving benchmarks: run | report | compare (see `hass bench --help`)", add_help=False)
+
     g = sub.add_parser("generate", help="vanilla vs speculative decoding: tokens/s and tau")
     add_eval_args(g, per_set=1, max_new_tokens=96)
     g.add_argument("--prompt", help="one user message instead of the eval sets")
@@ -367,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: run | report | compare
+        from hass_sglang.bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

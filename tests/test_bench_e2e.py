@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,9 +58,9 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
         assert locust.returncode == 0, locust.stderr[-3000:]
         # everything is finished: the same command starts no server and sends nothing
         stamps = {p: p.stat().st_mtime_ns for p in out.glob("raw/*/*.jsonl")}
-        t0 = time.time()
         assert main(_run_args(out, url)) == 0
-        assert time.time() - t0 < 20 and stamps == {p: p.stat().st_mtime_ns for p in out.glob("raw/*/*.jsonl")}
+        assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("raw/*/*.jsonl")}
+        assert logs == {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}
 
     loc = json.loads((tmp_path / "locust.json").read_text())
     assert loc["failures"] == 0 and loc["requests"] >= 2 and loc["output_tok_s"] > 0, loc
