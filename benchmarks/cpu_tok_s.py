@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 
+from hass_sglang.bench.launch import parse_tree
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
 from hass_sglang.sglang_cpu.serve import cpu_server
 
@@ -29,17 +30,12 @@ def _generate(url, ids, max_tokens, temperature):
         return json.load(r)
 
 
-def tree_flags(tree: str | None) -> tuple[str, ...]:
-    steps, topk, tokens = tree.split()
-    return ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk, "--speculative-num-draft-tokens", tokens)
-
-
 def measure(model, draft, tree, prompts, max_tokens, temperatures, threads):
     import os
 
     os.environ["OMP_NUM_THREADS"] = str(threads)  # cpu_server_env keeps a value that is set
     rows = []
-    with cpu_server(model, draft, tree=tree_flags(tree) if draft else ()) as url:
+    with cpu_server(model, draft, tree=parse_tree(tree) if draft else ()) as url:
         _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
         for temp in temperatures:
             toks, secs, verify, texts = 0, 0.0, 0, []

@@ -128,6 +128,7 @@ def cmd_serve(args) -> int:
 
     import torch
 
+    from hass_sglang.bench.launch import parse_tree
     from hass_sglang.sglang_cpu.serve import cpu_server_env, free_port, running_server
     from hass_sglang.target import resolve_target
 
@@ -135,11 +136,7 @@ def cmd_serve(args) -> int:
     draft = None if args.vanilla else (args.draft or (str(default_draft()) if default_draft() else None))
     if draft is None and not args.vanilla:
         raise HassError("no draft: pass --draft <folder> (or --vanilla to serve without speculation)")
-    tree = None
-    if args.tree:
-        steps, topk, tokens = args.tree.split()
-        tree = ("--speculative-num-steps", steps, "--speculative-eagle-topk", topk,
-                "--speculative-num-draft-tokens", tokens)
+    tree = parse_tree(args.tree)  # validated 'STEPS TOPK DRAFT_TOKENS' -> SGLang flags
     cpu = not torch.cuda.is_available()
     port = args.port or free_port()
     extra = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
