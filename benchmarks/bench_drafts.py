@@ -19,48 +19,49 @@ from pathlib import Path
 
 import torch
 
-from hass_sglang.checkpoint import load_draft
-from hass_sglang.cli import DTYPES, torch_dtype
+from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS
-from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
+from hass_sglang.evaluate import add_tree_args, eval_prompts, run_side_by_side, summarize, tree_from_args
 from hass_sglang.sampling import make_sampling
-from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
-from hass_sglang.target import EMBEDDED_TARGET, load_target
+from hass_sglang.speculative import SpeculativeDecoder
+from hass_sglang.target import DTYPES, EMBEDDED_TARGET, dtype_from_name, load_target
+from hass_sglang.tree import PAPER_TREE
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drafts", nargs="+", required=True, help="name=folder pairs")
+    p.add_argument("--drafts", nargs="+", required=True, help="name=draft pairs (a folder or a shipped draft name)")
     p.add_argument("--compare", nargs="*", default=[], help="a:b pairs: report mean tau(a) / mean tau(b)")
     p.add_argument("--target", default=EMBEDDED_TARGET)
     p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
     p.add_argument("--per-set", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    p.add_argument("--num-steps", type=int, default=6)
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--num-draft-tokens", type=int, default=60)
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    add_tree_args(p, PAPER_TREE)
+    p.add_argument("--target-dtype", "--dtype", dest="target_dtype", choices=DTYPES, default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw summaries here")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=torch_dtype(args.dtype))
-    tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
+    tree = tree_from_args(args).check_fits()
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
     decoders = {}
     for item in args.drafts:
         name, _, folder = item.partition("=")
         if not folder:
             p.error(f"--drafts takes name=folder, got {item!r}")
-        decoders[name] = SpeculativeDecoder(target, load_draft(Path(folder), target.config), tree)
+        head = resolve_draft(folder).load(target)
+        if head is None:
+            p.error(f"--drafts {item!r}: name a draft (a folder, a shipped name or random), not none")
+        decoders[name] = SpeculativeDecoder(target, head, tree)
     for pair in args.compare:
         a, _, b = pair.partition(":")
         if a not in decoders or b not in decoders:
             p.error(f"--compare {pair!r}: both names must be in --drafts")
     prompts = eval_prompts(target, args.sets, args.per_set)
-    print(f"{target.path.name} {args.dtype}, tree {tree}, {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
+    print(f"{target.path.name} {args.target_dtype}, tree {tree}, {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
           f"verification specinfer at T>0", flush=True)
     raw = {}
     for temp in args.temperatures:

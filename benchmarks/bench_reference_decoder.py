@@ -19,36 +19,28 @@ from pathlib import Path
 
 import torch
 
-from hass_sglang.cli import add_eval_args, load_head, torch_dtype
-from hass_sglang.evaluate import eval_prompts, format_table, run_side_by_side, summarize
-from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
-from hass_sglang.target import load_target
-
-
-def parse_tree(spec: str) -> TreeConfig:
-    try:
-        steps, topk, tokens = (int(x) for x in spec.split(","))
-    except ValueError:
-        raise SystemExit(f"--trees entries are num_steps,topk,num_draft_tokens (got {spec!r})")
-    return TreeConfig(num_steps=steps, topk=topk, num_draft_tokens=tokens)
+from hass_sglang.evaluate import add_eval_args, eval_prompts, format_table, load_eval_models, run_side_by_side, summarize
+from hass_sglang.speculative import SpeculativeDecoder
+from hass_sglang.tree import PAPER_TREE, TreeShape
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_args(p, per_set=2, max_new_tokens=96)
-    p.add_argument("--trees", nargs="+", default=["4,1,5", "6,10,60"], help="num_steps,topk,num_draft_tokens ...")
+    p.add_argument("--trees", nargs="+", default=[TreeShape.chain(4).spec, PAPER_TREE.spec],
+                   help="'STEPS TOPK DRAFT_TOKENS' (or S,K,N) per decoder")
     p.add_argument("--json", type=Path, help="also write per-prompt results here")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=torch_dtype(args.dtype))
-    head = load_head(args.draft, args.head, target)
-    decoders = {f"tree {spec}": SpeculativeDecoder(target, head, parse_tree(spec)) for spec in args.trees}
+    trees = {spec: TreeShape.parse(spec).check_fits() for spec in args.trees}
+    target, head = load_eval_models(args)
+    decoders = {f"tree {spec}": SpeculativeDecoder(target, head, tree) for spec, tree in trees.items()}
     prompts = eval_prompts(target, args.sets, args.per_set)
     runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens)
     summaries = summarize(runs)
     print(
-        f"\n{target.path.name} {args.dtype}, draft {args.draft}, {len(prompts)} prompts x {args.max_new_tokens} "
+        f"\n{target.path.name} {args.target_dtype}, draft {args.draft}, {len(prompts)} prompts x {args.max_new_tokens} "
         f"new tokens, {args.threads} threads, {platform.processor() or platform.machine()}\n"
     )
     print(format_table([s for s in summaries if s.eval_set == "mean"]))

@@ -15,11 +15,18 @@ import sys
 
 import torch
 
-from hass_sglang.cli import add_eval_args, load_head, torch_dtype
-from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
+from hass_sglang.evaluate import (
+    add_eval_args,
+    add_tree_args,
+    eval_prompts,
+    load_eval_models,
+    run_side_by_side,
+    summarize,
+    tree_from_args,
+)
 from hass_sglang.sampling import make_sampling
-from hass_sglang.speculative import VERIFY_METHODS, SpeculativeDecoder, TreeConfig
-from hass_sglang.target import load_target
+from hass_sglang.speculative import VERIFY_METHODS, SpeculativeDecoder
+from hass_sglang.tree import TreeShape
 
 
 def main(argv=None) -> int:
@@ -27,22 +34,19 @@ def main(argv=None) -> int:
     add_eval_args(p, per_set=2, max_new_tokens=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--num-steps", type=int, default=4)
-    p.add_argument("--topk", type=int, default=4)
-    p.add_argument("--num-draft-tokens", type=int, default=17)
+    add_tree_args(p, TreeShape(4, 4, 17))  # a small tree: sampled trees cost a forward per node
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     sampling = make_sampling(args.temperature, args.top_p)
-    target = load_target(args.target, dtype=torch_dtype(args.dtype))
-    head = load_head(args.draft, args.head, target)
-    tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
+    tree = tree_from_args(args).check_fits()
+    target, head = load_eval_models(args)
     dec = SpeculativeDecoder(target, head, tree)
     prompts = eval_prompts(target, args.sets, args.per_set)
     runs = run_side_by_side(target, {m: (dec, m) for m in VERIFY_METHODS}, prompts, args.max_new_tokens, sampling, args.seed)
     rows = summarize(runs)
-    print(f"\n{target.path.name} {args.dtype}, draft {args.draft}, T={args.temperature}, top_p={args.top_p}, tree {tree}, "
+    print(f"\n{target.path.name} {args.target_dtype}, draft {args.draft}, T={args.temperature}, top_p={args.top_p}, tree {tree}, "
           f"{len(prompts)} prompts x {args.max_new_tokens} new tokens\n")
     sets = [s for s in dict.fromkeys(r.eval_set for r in rows) if s != "mean"] + ["mean"]
     print("| method | " + " | ".join(sets) + " |")

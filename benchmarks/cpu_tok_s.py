@@ -1,6 +1,6 @@
 """Decode speed of SGLang on this CPU: plain decoding vs HASS with several trees, T=0 and T=1, side by side.
 
-    PYTHONPATH=. python benchmarks/cpu_tok_s.py [--draft DIR|random] [--trees "3 2 6" "2 1 3" ...]
+    .venv/bin/python benchmarks/cpu_tok_s.py [--draft DIR|NAME|random] [--trees "3 2 6" "2 1 3" ...]
         [--per-set 1 --max-tokens 48 --temperatures 0 1 --threads 1]
 
 One server at a time (fp32, --max-total-tokens 16384); each server answers the same chat requests
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import os
 import time
 import urllib.request
 
-from hass_sglang.bench.launch import parse_tree
+from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.sglang_cpu.serve import cpu_server
+from hass_sglang.serving.server import ServerSpec, running_server
+from hass_sglang.target import load_target
+from hass_sglang.tree import CPU_TREE, TreeShape
 
 
 def _generate(url, ids, max_tokens, temperature):
@@ -31,11 +33,10 @@ def _generate(url, ids, max_tokens, temperature):
 
 
 def measure(model, draft, tree, prompts, max_tokens, temperatures, threads):
-    import os
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # cpu_server_env keeps a value that is set
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
     rows = []
-    with cpu_server(model, draft, tree=parse_tree(tree) if draft else ()) as url:
+    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None)
+    with running_server(spec) as url:
         _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
         for temp in temperatures:
             toks, secs, verify, texts = 0, 0.0, 0, []
@@ -66,25 +67,17 @@ def table(rows) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--draft", default=None, help="draft folder or 'random' (default: the shipped HASS draft)")
-    ap.add_argument("--trees", nargs="+", default=["3 1 4"], help="'steps topk draft_tokens' per HASS server")
+    ap.add_argument("--draft", default="auto", help="a draft folder, a shipped draft name or 'random' (default: auto)")
+    ap.add_argument("--trees", nargs="+", default=[CPU_TREE.spec], help="'steps topk draft_tokens' per HASS server")
     ap.add_argument("--per-set", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP threads per server (each value: all servers)")
     ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
-    from hass_sglang.cli import default_draft
-    from hass_sglang.target import load_target
-
     target = load_target()
     model = a.model or str(target.path)
-    draft = a.draft or str(default_draft())
-    if draft == "random":
-        from hass_sglang.checkpoint import save_draft
-        from hass_sglang.heads import build_head
-
-        draft = str(save_draft(build_head("eagle", target.config, seed=0), tempfile.mkdtemp() + "/eagle", target.config))
+    draft = str(resolve_draft(a.draft).folder(target.config))
     prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
     rows = []
     for threads in a.threads:

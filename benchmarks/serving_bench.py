@@ -8,7 +8,7 @@ Same as `python -m hass_sglang.bench ...` (run | report | compare).
 
 import sys
 
-from hass_sglang.bench.__main__ import main
+from hass_sglang.bench.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,8 +23,6 @@ layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing l
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from hass_sglang.errors import CheckpointMismatchError, ModelNotFoundError
 from hass_sglang.heads import DraftHead, EagleHead, MTPHead, draft_config_from_target
+from hass_sglang.io import atomic_dir
 
 FORMAT_VERSION = 1
 EAGLE_ARCH = "LlamaForCausalLMEagle"
@@ -113,18 +112,12 @@ def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None) ->
 def save_draft(head: DraftHead, out_dir: str | Path, target_config, metadata: dict | None = None) -> Path:
     """Write a draft folder SGLang can load; atomic (temporary sibling, then rename)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     weights = head_state_to_files(head, int(target_config.num_hidden_layers))
-    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(_draft_config_dict(head, target_config, metadata), indent=2) + "\n")
-    if head.hot_token_ids is not None:
-        torch.save(head.hot_token_ids.cpu().tolist(), tmp / HOT_TOKEN_FILE)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(_draft_config_dict(head, target_config, metadata), indent=2) + "\n")
+        if head.hot_token_ids is not None:
+            torch.save(head.hot_token_ids.cpu().tolist(), tmp / HOT_TOKEN_FILE)
     return out_dir
 
 

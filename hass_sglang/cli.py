@@ -17,83 +17,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from hass_sglang.errors import HassError
-
-# Trained drafts shipped inside the package (filled by the training pipeline); newest first.
-SHIPPED_DRAFTS_DIR = Path(__file__).resolve().parent / "drafts"
-DEFAULT_DRAFT_NAMES = ("smollm2-135m-hass-eagle",)
-DTYPES = ("float32", "bfloat16")
-
-
-def default_draft() -> Path | None:
-    for name in DEFAULT_DRAFT_NAMES:
-        if (SHIPPED_DRAFTS_DIR / name / "config.json").is_file():
-            return SHIPPED_DRAFTS_DIR / name
-    return None
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo, the CPU backend."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-
-
-def load_head(draft: str, head_type: str, target):
-    from hass_sglang.checkpoint import load_draft
-    from hass_sglang.heads import build_head
-
-    if draft == "random":
-        print(f"[hass] draft: randomly initialised {head_type} head (expect tau ~1.0)", file=sys.stderr)
-        return build_head(head_type, target.config, seed=0)
-    path = default_draft() if draft == "auto" else Path(draft)
-    if path is None:
-        print(
-            "[hass] no trained draft is shipped yet: using a randomly initialised EAGLE head (tau ~1.0); "
-            "pass --draft <folder> for a trained one",
-            file=sys.stderr,
-        )
-        return build_head(head_type, target.config, seed=0)
-    print(f"[hass] draft: {path}", file=sys.stderr)
-    return load_draft(path, target.config)
-
-
-def add_eval_args(p: argparse.ArgumentParser, per_set: int, max_new_tokens: int) -> None:
-    """Target, draft and eval-set options shared by `hass generate` and the benchmark scripts."""
-    from hass_sglang.eval_sets import EVAL_SETS
-    from hass_sglang.target import EMBEDDED_TARGET
-
-    p.add_argument("--target", default=EMBEDDED_TARGET, help="embedded alias, HF folder, .gguf file or hub id")
-    p.add_argument("--draft", default="auto", help="draft folder, 'auto' (shipped default) or 'random'")
-    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle", help="head type for --draft random")
-    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
-    p.add_argument("--per-set", type=int, default=per_set, help="questions per eval set")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="target dtype (drafts run in bf16)")
-    p.add_argument("--threads", type=int, default=2)
+from hass_sglang.errors import HassError, run_command
 
 
 def cmd_generate(args) -> int:
     import torch
 
-    from hass_sglang.evaluate import eval_prompts, format_table, run_side_by_side, summarize
-    from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
-    from hass_sglang.target import load_target
+    from hass_sglang.evaluate import eval_prompts, format_table, load_eval_models, run_side_by_side, summarize, tree_from_args
+    from hass_sglang.speculative import SpeculativeDecoder
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=torch_dtype(args.dtype))
-    head = load_head(args.draft, args.head, target)
-    tree = TreeConfig(num_steps=args.num_steps, topk=args.topk, num_draft_tokens=args.num_draft_tokens)
+    tree = tree_from_args(args).check_fits()
+    target, head = load_eval_models(args)
     decoder = SpeculativeDecoder(target, head, tree)
     if args.prompt is not None:
         prompts = [("prompt", "0", target.chat_prompt_ids(args.prompt))]
@@ -102,70 +38,47 @@ def cmd_generate(args) -> int:
     runs = run_side_by_side(target, {"hass": decoder}, prompts, args.max_new_tokens)
     if args.prompt is not None:
         print(target.tokenizer.decode(runs[0].results["hass"].tokens, skip_special_tokens=True))
-    print(f"\ntarget {target.path.name} ({args.dtype}), tree {tree}, {args.max_new_tokens} new tokens\n")
+    print(f"\ntarget {target.path.name} ({args.target_dtype}), tree {tree}, {args.max_new_tokens} new tokens\n")
     print(format_table(summarize(runs)))
     return 0
 
 
-def serve_argv(model: str, draft: str | None, host: str, port: int, tree: tuple[str, ...] | None, cpu: bool,
-               extra: list[str]) -> list[str]:
-    """The `python -m sglang.launch_server` command line `hass serve` runs (pure)."""
-    from hass_sglang.sglang_cpu.serve import CPU_TREE, cpu_server_argv
-
-    if cpu:  # fp32, small KV reservation, the CPU tree unless given (docs/sglang-cpu.md)
-        argv = cpu_server_argv(model, port, draft, tree=tree or CPU_TREE, extra=tuple(extra))
-        return [a if a != "127.0.0.1" else host for a in argv]
-    argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port)]
-    if draft is not None:
-        argv += ["--speculative-algorithm", "HASS", "--speculative-draft-model-path", draft, *(tree or ())]
-    return argv + extra
-
-
 def cmd_serve(args) -> int:
     import shlex
-    import tempfile
-    import time
 
     import torch
 
-    from hass_sglang.bench.launch import parse_tree
-    from hass_sglang.sglang_cpu.serve import cpu_server_env, free_port, running_server
+    from hass_sglang.bench.client import ask
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.serving.server import ServerSpec, running_server
     from hass_sglang.target import resolve_target
+    from hass_sglang.tree import TreeShape
 
     model = str(resolve_target(args.target))
-    draft = None if args.vanilla else (args.draft or (str(default_draft()) if default_draft() else None))
-    if draft is None and not args.vanilla:
-        raise HassError("no draft: pass --draft <folder> (or --vanilla to serve without speculation)")
-    tree = parse_tree(args.tree)  # validated 'STEPS TOPK DRAFT_TOKENS' -> SGLang flags
-    cpu = not torch.cuda.is_available()
-    port = args.port or free_port()
+    draft = None
+    if not args.vanilla:
+        choice = resolve_draft(args.draft or "auto")
+        if choice.kind != "folder":
+            raise HassError("no draft: pass --draft <folder> (or --vanilla to serve without speculation)")
+        draft = str(choice.path)
     extra = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
-    argv = serve_argv(model, draft, args.host, port, tree, cpu, extra)
-    env = cpu_server_env() if cpu else dict(os.environ)
-    print("+", " ".join(f"{k}={env[k]}" for k in ("SGLANG_USE_CPU_ENGINE", "OMP_NUM_THREADS") if cpu and k in env),
-          shlex.join(argv), flush=True)
+    spec = ServerSpec(model=model, draft=draft, device="cuda" if torch.cuda.is_available() else "cpu",
+                      host=args.host, port=args.port, tree=TreeShape.parse(args.tree) if args.tree else None,
+                      extra=tuple(extra)).with_port()
+    print("+", *filter(None, [spec.env_prefix(), shlex.join(spec.argv())]), flush=True)
     if args.ask is None:  # a plain server in the foreground
-        os.execvpe(argv[0], argv, env)
-    import openai
+        os.execvpe(spec.argv()[0], spec.argv(), spec.env())
+    import tempfile
 
-    url = f"http://{args.host}:{port}"
-    log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{port}.log")
+    log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{spec.port}.log")
     print(f"server log: {log}", flush=True)
-    with running_server(argv, url, env, log_path=log, timeout_s=args.timeout):
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=args.timeout)
-        # The first request pays one-time costs (kernel selection, graph warm-up): keep them out of tok/s.
-        client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-        start = time.perf_counter()
-        reply = client.chat.completions.create(
-            model="default", messages=[{"role": "user", "content": args.ask}], max_tokens=args.max_tokens,
-            temperature=args.temperature, extra_body={"return_spec_tokens_details": True})
-        seconds = time.perf_counter() - start
-    print(f"\nuser: {args.ask}\nassistant: {reply.choices[0].message.content}\n")
-    tokens = reply.usage.completion_tokens
-    spec = ((reply.model_extra or {}).get("sglext") or {}).get("spec_tokens_details") or {}
-    line = f"{tokens} tokens in {seconds:.2f} s ({tokens / seconds:.1f} tok/s, one request after a warm-up)"
-    if spec.get("spec_verify_ct"):
-        line += f"; accept length {spec['spec_accept_length']:.2f} over {spec['spec_verify_ct']} verify steps"
+    with running_server(spec, log_path=log, timeout_s=args.timeout) as url:
+        answer = ask(url, args.ask, args.max_tokens, args.temperature, args.timeout)
+    print(f"\nuser: {args.ask}\nassistant: {answer.text}\n")
+    line = (f"{answer.output_tokens} tokens in {answer.latency_s:.2f} s "
+            f"({answer.output_tokens / answer.latency_s:.1f} tok/s, one request after a warm-up)")
+    if answer.verify_ct:
+        line += f"; accept length {answer.reported_accept_length:.2f} over {answer.verify_ct} verify steps"
     print(line)
     return 0
 
@@ -196,7 +109,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from hass_sglang.data import convert
+    from hass_sglang.train.data import convert
 
     report = convert(args.source, args.preset, args.out, args.limit, args.split, args.subset)
     skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "none"
@@ -208,13 +121,17 @@ def cmd_data(args) -> int:
 def cmd_regenerate(args) -> int:
     import torch
 
-    from hass_sglang.regenerate import regenerate
-    from hass_sglang.target import load_target
+    from hass_sglang.target import dtype_from_name, load_target
+    from hass_sglang.train.regenerate import RegenerateConfig, regenerate
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
-    r = regenerate(target, args.data, args.out, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
-                   args.temperature, args.seed, args.limit, args.max_conversations)
+    cfg = RegenerateConfig(
+        data=args.data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens, temperature=args.temperature, seed=args.seed, limit=args.limit,
+        max_conversations=args.max_conversations,
+    )
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
+    r = regenerate(target, cfg, args.out)
     skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
     print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
           f"({r.hit_max_new_tokens} answers cut at --max-new-tokens); skipped: {skipped}")
@@ -224,19 +141,20 @@ def cmd_regenerate(args) -> int:
 def cmd_features(args) -> int:
     import torch
 
-    init_distributed()
-    from hass_sglang.features import FeatureConfig, extract_features
-    from hass_sglang.target import load_target
+    from hass_sglang.target import dtype_from_name, load_target
+    from hass_sglang.train.distributed import init_distributed, is_main_process
+    from hass_sglang.train.features import FeatureConfig, extract_features
 
+    init_distributed()
     torch.set_num_threads(args.threads)
     cfg = FeatureConfig(
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
-        batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), dtype=args.dtype,
+        batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), storage_dtype=args.storage_dtype,
         teacher_topk=args.teacher_topk,
     )
-    target = load_target(args.target, dtype=torch_dtype(args.target_dtype))
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
     m = extract_features(target, cfg, args.out)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return 0
     print(f"{args.out}: {m['samples']} samples, {m['tokens']} tokens ({m['loss_tokens']} in the loss), "
           f"{m['truncated']} truncated, skipped {m['skipped'] or 'none'}")
@@ -247,14 +165,15 @@ def cmd_train(args) -> int:
     import torch
 
     from hass_sglang.target import load_target
-    from hass_sglang.trainer import TrainConfig, train
+    from hass_sglang.train.distributed import init_distributed
+    from hass_sglang.train.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     init_distributed()
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
-        topk=args.topk, topk_weight=args.topk_weight, init_from=args.init_from, epochs=args.epochs, lr=args.lr,
-        draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
+        distill_topk=args.distill_topk, distill_weight=args.distill_weight, init_from=args.init_from,
+        epochs=args.epochs, lr=args.lr, draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
         batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
     )
     export = train(cfg, load_target(args.target))
@@ -263,14 +182,15 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hass_sglang.target import EMBEDDED_TARGET
+    from hass_sglang.bench.commands import build_parser as add_bench_commands
+    from hass_sglang.target import DTYPES, EMBEDDED_TARGET
 
     p = argparse.ArgumentParser(prog="hass", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     sv = sub.add_parser("serve", help="python -m sglang.launch_server --speculative-algorithm HASS on the embedded default")
     sv.add_argument("--target", default=EMBEDDED_TARGET, help="target model (default: the embedded SmolLM2)")
-    sv.add_argument("--draft", help="draft folder (default: the shipped HASS draft)")
+    sv.add_argument("--draft", help="a draft folder or shipped draft name (default: the shipped HASS draft)")
     sv.add_argument("--vanilla", action="store_true", help="serve without speculation")
     sv.add_argument("--tree", help="'steps topk draft_tokens' (default: the CPU tree on CPU hosts, HASS's 6 10 60 on GPU)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -283,14 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
     sv.set_defaults(func=cmd_serve)
 
-    sub.add_parser("bench", help="serving benchmarks: run | report | compare (see `hass bench --help`)", add_help=False)
+    b = sub.add_parser("bench", help="serving benchmarks against SGLang / OpenAI endpoints: run | report | compare",
+                       description="Serving benchmarks (docs/benchmarks.md); also `python -m hass_sglang.bench`.")
+    add_bench_commands(b)
+
+    from hass_sglang.evaluate import add_eval_args, add_tree_args
+    from hass_sglang.tree import PAPER_TREE
 
     g = sub.add_parser("generate", help="vanilla vs speculative decoding: tokens/s and tau")
     add_eval_args(g, per_set=1, max_new_tokens=96)
     g.add_argument("--prompt", help="one user message instead of the eval sets")
-    g.add_argument("--num-steps", type=int, default=6, help="draft tree depth")
-    g.add_argument("--topk", type=int, default=10, help="draft tree branching")
-    g.add_argument("--num-draft-tokens", type=int, default=60, help="tokens verified per cycle (root included)")
+    add_tree_args(g, PAPER_TREE)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check-draft", help="validate a draft folder against a target")
@@ -303,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("out")
     v.add_argument("--target", default=EMBEDDED_TARGET)
     v.set_defaults(func=cmd_convert)
-    from hass_sglang.data import PRESETS
+    from hass_sglang.train.data import PRESETS
 
     d = sub.add_parser("data", help="chat data -> ShareGPT JSON")
     d.add_argument("--source", required=True, help="local .json/.jsonl file or hub dataset id")
@@ -338,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shard-size", type=int, default=64, help="conversations per shard")
     f.add_argument("--batch-tokens", type=int, default=4096)
     f.add_argument("--extra-layers", type=int, nargs="*", default=[], help="hidden_states indices to store too")
-    f.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the features")
-    f.add_argument("--target-dtype", choices=DTYPES, default="float32")
+    f.add_argument("--storage-dtype", choices=DTYPES, default="float32", help="dtype the features are stored in")
+    f.add_argument("--target-dtype", choices=DTYPES, default="float32", help="dtype the target runs in")
     f.add_argument("--teacher-topk", type=int, default=10, help="target top-K stored per position (HASS K)")
     f.add_argument("--threads", type=int, default=2)
     f.set_defaults(func=cmd_features)
@@ -351,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", choices=("eagle", "mtp"), default="eagle")
     t.add_argument("--objective", choices=("eagle2", "hass"), default="hass")
     t.add_argument("--align-steps", type=int, default=3, help="HASS aligning steps")
-    t.add_argument("--topk", type=int, default=10, help="HASS top-K distillation K")
-    t.add_argument("--topk-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
+    t.add_argument("--distill-topk", type=int, default=10, help="HASS top-K distillation K (not the tree's top-k)")
+    t.add_argument("--distill-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
     t.add_argument("--init-from", help="existing draft folder to continue from")
     t.add_argument("--val-prompts", type=int, default=0, help="validation tau on this many eval prompts per epoch")
     t.add_argument("--draft-vocab", type=int, help="reduced draft vocabulary: this many most frequent target tokens")
@@ -367,17 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own parser: run | report | compare
-        from hass_sglang.bench.__main__ import main as bench_main
-
-        return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (HassError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

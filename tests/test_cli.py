@@ -48,9 +48,9 @@ def test_bad_arguments_are_clear_errors(tmp_path):
 
 
 def test_serve_command_line_is_sglang_launch_server_with_hass():
-    from hass_sglang.cli import serve_argv
+    from hass_sglang.serving.server import ServerSpec
 
-    argv = serve_argv("/m", "/d", "0.0.0.0", 30000, None, cpu=True, extra=["--log-level", "warning"])
+    argv = ServerSpec("/m", "/d", device="cpu", host="0.0.0.0", port=30000, extra=("--log-level", "warning")).argv()
     assert argv[1:3] == ["-m", "sglang.launch_server"]
 
     def flag(name):
@@ -59,7 +59,7 @@ def test_serve_command_line_is_sglang_launch_server_with_hass():
     assert flag("--speculative-algorithm") == "HASS" and flag("--speculative-draft-model-path") == "/d"
     assert flag("--host") == "0.0.0.0" and flag("--device") == "cpu" and flag("--dtype") == "float32"
     assert argv[-2:] == ["--log-level", "warning"]
-    gpu = serve_argv("/m", None, "127.0.0.1", 1, None, cpu=False, extra=[])
+    gpu = ServerSpec("/m", None, device="cuda", host="127.0.0.1", port=1).argv()
     assert "--speculative-algorithm" not in gpu and "--device" not in gpu
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from hass_sglang.data import (
+from hass_sglang.errors import DataError
+from hass_sglang.train.data import (
     Conversation,
-    DataError,
     convert,
     iter_json_array,
     load_sharegpt,

@@ -1,7 +1,7 @@
 """Deployment files (docker/, deploy/): schemas, lint, secrets, and every server command line.
 
 Three layers:
-1. `hass_sglang.deploy_check` on small synthetic files: the extraction rules themselves.
+1. `support.deploy_check` on small synthetic files: the extraction rules themselves.
 2. The repository's files: Kubernetes schemas (kubernetes-validate, strict, pinned version), the
    LeaderWorkerSet v1 schema (deploy/schemas), the compose spec, hadolint, and the invariants a
    reviewer would otherwise check by eye (keys only from Secrets, metrics on, LWS wiring).
@@ -22,9 +22,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import yaml
 
-from hass_sglang.deploy_check import (
+from support.deploy_check import (
     LAUNCH_MODULE,
     ROUTER_MODULE,
     compose_files,
@@ -205,7 +204,7 @@ def test_every_deployment_file_kind_is_present_and_carries_server_commands():
 
 
 def test_deploy_check_cli_lists_every_command(capsys):
-    from hass_sglang.deploy_check import main
+    from support.deploy_check import main
 
     assert main([str(ROOT)]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -299,7 +298,7 @@ def test_leaderworkerset_wires_sglang_multi_node_to_lws():
 
 def extract_from_manifest_doc(doc, role):
     """Launch commands of one LWS pod template (extract_from_manifest works on files)."""
-    from hass_sglang.deploy_check import LaunchCommand
+    from support.deploy_check import LaunchCommand
 
     out = []
     for where, c in iter_containers(doc["spec"]["leaderWorkerTemplate"][role]):
@@ -427,12 +426,8 @@ def sglang_parser():
 
 def test_hass_plugin_entry_point_is_installed_beside_sglang():
     pytest.importorskip("sglang")
-    try:
-        import hass_sglang.sglang_plugin  # noqa: F401
-    except ImportError:
-        pytest.skip("hass_sglang.sglang_plugin not merged yet (issue 5)")
     names = {ep.name: ep.value for ep in entry_points(group="sglang.srt.plugins")}
-    assert names.get("hass") == "hass_sglang.sglang_plugin:register"
+    assert names.get("hass") == "hass_sglang.serving.plugin:register"
 
 
 def test_every_launch_server_command_parses_with_sglang(sglang_parser):
@@ -483,10 +478,6 @@ def test_cpu_image_command_resolves_with_the_plugin(sglang_parser, tmp_path):
     with the image's model path mapped to the same converted model here and a freshly saved
     (random) EAGLE draft standing in for the shipped one: resolution checks structure, not tau.
     """
-    try:
-        import hass_sglang.sglang_plugin  # noqa: F401
-    except ImportError:
-        pytest.skip("hass_sglang.sglang_plugin not merged yet (issue 5)")
     from transformers import AutoConfig
 
     from hass_sglang.checkpoint import save_draft

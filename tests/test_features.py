@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-import hass_sglang.features as features
-from hass_sglang.data import convert
+import hass_sglang.train.features as features
+from hass_sglang.train.data import convert
 from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import shared_data_dir
-from hass_sglang.features import FeatureConfig, extract_features, load_shard, read_manifest
+from hass_sglang.train.features import FeatureConfig, extract_features, load_shard, read_manifest
 from hass_sglang.kv_cache import new_cache
 
 

@@ -11,18 +11,19 @@ import torch
 
 from hass_sglang.eval_sets import EVAL_SETS
 from hass_sglang.evaluate import eval_prompts
-from hass_sglang.generate import generate_vanilla
 from hass_sglang.heads import build_head
-from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
-from hass_sglang.tree import chain_tree
+from hass_sglang.proposers import Proposal
+from hass_sglang.speculative import SpeculativeDecoder
+from hass_sglang.tree import PAPER_TREE, TreeShape, chain_tree
+from hass_sglang.vanilla import generate_vanilla
 
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 128
 PROMPTS_PER_SET = 5
 TREES = {
-    "chain": TreeConfig.chain(4),
-    "small_tree": TreeConfig(num_steps=3, topk=3, num_draft_tokens=8),
-    "paper_default": TreeConfig(num_steps=6, topk=10, num_draft_tokens=60),
+    "chain": TreeShape.chain(4),
+    "small_tree": TreeShape(num_steps=3, topk=3, num_draft_tokens=8),
+    "paper_default": PAPER_TREE,
 }
 
 
@@ -49,23 +50,23 @@ def test_random_drafts_are_lossless(target, eval_set):
             assert sum(got.accept_lengths) == len(got.tokens) - 1
 
 
-class OracleDecoder(SpeculativeDecoder):
+def oracle_proposer(prompt_len, continuation):
     """Proposes the target's own greedy continuation as a chain: every draft token must be accepted."""
 
-    def __init__(self, target, prompt_len, continuation, tree):
-        super().__init__(target, build_head("eagle", target.config, seed=0), tree)
-        self.prompt_len, self.continuation = prompt_len, continuation
+    def propose(drafter, root, shape, sampling, generator):
+        i = root.position - prompt_len  # index of the root in the continuation
+        return Proposal(chain_tree(root.token, torch.tensor(continuation[i + 1 : i + 1 + shape.num_steps])))
 
-    def _grow_tree(self, root_token, root_feature, root_pos):
-        i = root_pos - self.prompt_len  # index of the root in the continuation
-        return chain_tree(root_token, torch.tensor(self.continuation[i + 1 : i + 1 + self.tree_config.num_steps]))
+    return propose
 
 
 def test_correct_drafts_are_accepted_in_full(target):
     ids = target.chat_prompt_ids("Write a short story about a lighthouse keeper.")
     want = generate_vanilla(target, ids, 41).tokens
     assert len(want) == 41
-    got = OracleDecoder(target, len(ids), want, TreeConfig.chain(4)).generate(ids, 41)
+    dec = SpeculativeDecoder(target, build_head("eagle", target.config, seed=0), TreeShape.chain(4),
+                             proposer=oracle_proposer(len(ids), want))
+    got = dec.generate(ids, 41)
     assert got.tokens == want
     assert got.accept_lengths == [5] * 8  # prefill token + 8 cycles of 4 accepted + 1 bonus
     assert got.tau == 41 / 9

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-import torch
 
-import hass_sglang.regenerate as regen
-from hass_sglang.data import convert, load_sharegpt
+import hass_sglang.train.regenerate as regen
+from hass_sglang.errors import DataError
+from hass_sglang.train.data import convert, load_sharegpt
 from hass_sglang.eval_sets import shared_data_dir
-from hass_sglang.generate import generate_vanilla
+from hass_sglang.vanilla import generate_vanilla
 from hass_sglang.sampling import SamplingParams
 
 
@@ -17,6 +17,10 @@ def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("regen") / "gsm8k.json"
     convert(str(shared_data_dir() / "gsm8k" / "train.jsonl"), "gsm8k", out, limit=5)
     return out
+
+
+def cfg(data, **kw):
+    return regen.RegenerateConfig(data=[data], **{"max_new_tokens": 24, "batch_size": 2, **kw})
 
 
 def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data, monkeypatch):
@@ -31,10 +35,10 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
 
     monkeypatch.setattr(regen, "_generate_batch", dying)
     with pytest.raises(KeyboardInterrupt):
-        regen.regenerate(target, [data], out, max_new_tokens=24, batch_size=2, progress=False)
+        regen.regenerate(target, cfg(data), out, progress=False)
     assert not out.exists() and len(list((tmp_path / "r.json.parts").glob("part-*.json"))) == 1
     monkeypatch.setattr(regen, "_generate_batch", real)
-    report = regen.regenerate(target, [data], out, max_new_tokens=24, batch_size=2, progress=False)
+    report = regen.regenerate(target, cfg(data), out, progress=False)
     assert report.kept == 5 and calls["n"] == 2  # the finished batch was not redone
     convs = load_sharegpt(out)
     src = {c.id: c for c in load_sharegpt(data)}
@@ -45,9 +49,8 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
         assert conv.messages[1]["content"] == target.tokenizer.decode(want, skip_special_tokens=True).strip()
     # a smaller cap keeps the finished batches of the shortest prompts and generates nothing new
     monkeypatch.setattr(regen, "_generate_batch", dying)
-    small = regen.regenerate(target, [data], tmp_path / "r.json", max_new_tokens=24, batch_size=2, max_conversations=2,
-                             progress=False)
+    small = regen.regenerate(target, cfg(data, max_conversations=2), tmp_path / "r.json", progress=False)
     assert small.kept == 2 and small.skipped["beyond max_conversations"] == 3 and calls["n"] == 2
-    with pytest.raises(regen.DataError, match="different settings"):
-        regen.regenerate(target, [data], out, max_new_tokens=25, batch_size=2, progress=False)
+    with pytest.raises(DataError, match="different settings"):
+        regen.regenerate(target, cfg(data, max_new_tokens=25), out, progress=False)
     assert json.loads((tmp_path / "r.json.parts" / "settings.json").read_text())["max_new_tokens"] == 24

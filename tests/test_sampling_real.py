@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from hass_sglang.checkpoint import load_draft
-from hass_sglang.cli import default_draft
+from hass_sglang.drafts import default_draft
 from hass_sglang.errors import InvalidRequestError
-from hass_sglang.generate import generate_vanilla
+from hass_sglang.vanilla import generate_vanilla
 from hass_sglang.heads import build_head
 from hass_sglang.sampling import SamplingParams
-from hass_sglang.speculative import VERIFY_METHODS, SpeculativeDecoder, TreeConfig
+from hass_sglang.speculative import VERIFY_METHODS, SpeculativeDecoder
+from hass_sglang.tree import TreeShape
 
 pytestmark = pytest.mark.slow
 RUNS = 200
@@ -47,7 +48,7 @@ def test_speculative_sampling_matches_vanilla(target, prompt_and_vanilla, method
     ids, vanilla = prompt_and_vanilla
     assert default_draft() is not None, "the shipped HASS draft is missing"
     head = load_draft(default_draft(), target.config)
-    dec = SpeculativeDecoder(target, head, TreeConfig(num_steps=2, topk=3, num_draft_tokens=7))
+    dec = SpeculativeDecoder(target, head, TreeShape(num_steps=2, topk=3, num_draft_tokens=7))
     spec, accepted = [], 0
     for s in range(RUNS):
         res = dec.generate(ids, 3, SP, verify=method, generator=torch.Generator().manual_seed(10_000 + s))
@@ -60,7 +61,7 @@ def test_speculative_sampling_matches_vanilla(target, prompt_and_vanilla, method
 
 
 def test_bad_sampling_input_is_refused(target):
-    dec = SpeculativeDecoder(target, build_head("eagle", target.config, seed=0), TreeConfig.chain(2))
+    dec = SpeculativeDecoder(target, build_head("eagle", target.config, seed=0), TreeShape.chain(2))
     ids = target.chat_prompt_ids("hi")
     with pytest.raises(InvalidRequestError, match="unknown verification method"):
         dec.generate(ids, 4, SamplingParams(temperature=1.0), verify="typical")

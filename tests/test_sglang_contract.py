@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from hass_sglang.sglang_contract import SYMBOLS, check_contract
+from hass_sglang.serving.contract import SYMBOLS, check_contract
 
 pytest.importorskip("sglang")
 
@@ -21,7 +21,7 @@ def test_entry_point_is_installed_under_sglangs_group():
     from sglang.srt.plugins import GENERAL_PLUGINS_GROUP
 
     eps = {ep.name: ep.value for ep in entry_points(group=GENERAL_PLUGINS_GROUP)}
-    assert eps.get("hass") == "hass_sglang.sglang_plugin:register"
+    assert eps.get("hass") == "hass_sglang.serving.plugin:register"
 
 
 def test_every_sglang_import_of_the_plugin_is_listed():
@@ -33,12 +33,12 @@ def test_every_sglang_import_of_the_plugin_is_listed():
 
     listed = {s.path.split(":")[0] for s in SYMBOLS}
     pkg = Path(hass_sglang.__file__).parent
-    for f in [pkg / "sglang_plugin.py", *sorted((pkg / "sglang_models").glob("*.py"))]:
+    for f in [pkg / "serving" / "plugin.py", *sorted((pkg / "serving" / "models").glob("*.py"))]:
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sglang"):
                 for alias in node.names:
                     full = f"{node.module}.{alias.name}"
-                    assert node.module in listed or full in listed, f"{f.name}: {full} is not in sglang_contract.SYMBOLS"
+                    assert node.module in listed or full in listed, f"{f.name}: {full} is not in serving.contract.SYMBOLS"
 
 
 # Each mutation is applied after every listed module is imported (what a renamed or re-signed
@@ -46,7 +46,7 @@ def test_every_sglang_import_of_the_plugin_is_listed():
 # installed is edited and this process's SGLang stays intact.
 _SANDBOX = """
 import json, sys
-from hass_sglang.sglang_contract import check_contract
+from hass_sglang.serving.contract import check_contract
 assert check_contract() == [], check_contract()
 import sglang.srt.arg_groups.overrides as overrides
 import sglang.srt.arg_groups.resolution_hooks as hooks

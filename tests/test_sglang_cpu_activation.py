@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hass_sglang.sglang_cpu import SHIM_DIR, cpu_engine_requested, prepend_path
+from hass_sglang.serving.cpu import SHIM_DIR, cpu_engine_requested, prepend_path
 
 
 def test_cpu_engine_requested_only_by_the_sglang_switch():

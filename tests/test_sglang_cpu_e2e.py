@@ -19,21 +19,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-import hass_sglang
 from hass_sglang.checkpoint import load_draft
+from hass_sglang.drafts import SHIPPED_DIR
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.sglang_cpu.serve import CPU_TREE, cpu_server
-from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+from hass_sglang.serving.server import ServerSpec, running_server
+from hass_sglang.speculative import SpeculativeDecoder
+from hass_sglang.tree import CPU_TREE
 
 pytestmark = pytest.mark.slow
 
 PER_SET = 2
 MAX_TOKENS = 32
 SPECINFER_LOG = "T>0 tree verification by hass_sglang.verify.verify_specinfer"
-DRAFTS = Path(hass_sglang.__file__).parent / "drafts"
-HASS_DRAFT, MTP_DRAFT = DRAFTS / "smollm2-135m-hass-eagle", DRAFTS / "smollm2-135m-mtp"
+HASS_DRAFT, MTP_DRAFT = SHIPPED_DIR / "smollm2-135m-hass-eagle", SHIPPED_DIR / "smollm2-135m-mtp"
 # T=1 distribution check: a prompt whose continuation the draft predicts (drafts really get accepted).
 T1_PROMPT, T1_SAMPLES, T1_TOKENS, T1_BATCH = "List three colors.", 240, 3, 40
 BAD_INPUT_STATUS = {  # request body changes -> expected HTTP status
@@ -46,12 +45,6 @@ BAD_INPUT_STATUS = {  # request body changes -> expected HTTP status
     "top_p > 1": ({"temperature": 1, "top_p": 2}, 400),
     "no messages": ({"messages": None}, 400),
 }
-
-
-def tree_config(tree=CPU_TREE) -> TreeConfig:
-    flags = dict(zip(tree[::2], tree[1::2]))
-    return TreeConfig(num_steps=int(flags["--speculative-num-steps"]), topk=int(flags["--speculative-eagle-topk"]),
-                      num_draft_tokens=int(flags["--speculative-num-draft-tokens"]))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +97,8 @@ def _t1_samples(url, prompt_ids):
 
 def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False):
     out = {}
-    with cpu_server(str(target.path), None if draft is None else str(draft), log_path=log_path) as url:
+    spec = ServerSpec(model=str(target.path), draft=None if draft is None else str(draft), device="cpu")
+    with running_server(spec, log_path=log_path) as url:
         client = _client(url)
         replies = [_chat(client, p) for p in prompts]
         out["texts"] = [t for t, _ in replies]
@@ -155,7 +149,7 @@ def _reference_accept_length(target, draft, prompts):
     """The reference decoder on the same prompts and tree: completion tokens per verify step, the
     quantity SGLang reports as spec_accept_length (the prefill token included)."""
     head = load_draft(draft, target.config).float().eval()
-    decoder = SpeculativeDecoder(target, head, tree_config())
+    decoder = SpeculativeDecoder(target, head, CPU_TREE)  # the tree the CPU servers run
     tokens = steps = 0
     for p in prompts:
         r = decoder.generate(target.chat_prompt_ids(p), MAX_TOKENS)

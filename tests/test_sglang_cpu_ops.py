@@ -11,8 +11,8 @@ from enum import IntEnum
 import pytest
 import torch
 
-from hass_sglang.sglang_cpu import ops
-from hass_sglang.sglang_cpu.registry import SCHEMAS, register_ops
+from hass_sglang.serving.cpu import ops
+from hass_sglang.serving.cpu.registry import SCHEMAS, register_ops
 
 register_ops()
 K = torch.ops.sgl_kernel
@@ -312,7 +312,6 @@ def test_extend_attention(g, tree):
     q = torch.randn(T, h, d, generator=g)
     knew = torch.stack([kb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
     vnew = torch.stack([vb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
-    n = 3
     tm = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool).repeat(2, 1, 1)  # node 2 skips node 1
     o = torch.empty(T, h, d)
     K.extend_attention_cpu(q, knew, vnew, o, kb, vb, 1.0, 1.0, r2t, rpi, seq, ext, starts, int(ext.max()), 0.25, 0.0,
@@ -340,7 +339,7 @@ def _built_tree(seed, bs=3, topk=2, depth=4, n=7):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_parents_from_links_inverts_the_tree_build(seed):
-    from hass_sglang.sglang_cpu.sampling_verify import parents_from_links
+    from hass_sglang.serving.cpu.sampling_verify import parents_from_links
 
     _, parent_list, sel, buf = _built_tree(seed)
     want = ops.tree_parents(parent_list, sel, 2)
@@ -351,7 +350,7 @@ def test_parents_from_links_inverts_the_tree_build(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_specinfer_hook_with_point_mass_target_equals_greedy_verify(seed):
     """Greedy rows (one-hot target) through the SpecInfer hook give exactly the greedy op's outputs."""
-    from hass_sglang.sglang_cpu import sampling_verify as sv
+    from hass_sglang.serving.cpu import sampling_verify as sv
 
     g, _, _, buf = _built_tree(seed)
     bs, n, vocab = 3, 7, 3
@@ -384,14 +383,14 @@ def test_hook_target_probs_apply_each_requests_temperature_top_k_top_p():
     """The hook's per-request distribution is the project's one definition (sampling.target_probs);
     SGLang's greedy rows (top_k == 1) and its 'no top-k' sentinel (1 << 30) are mapped."""
     from hass_sglang.sampling import SamplingParams, target_probs as ref_probs
-    from hass_sglang.sglang_cpu.sampling_verify import target_probs
+    from hass_sglang.serving.cpu.sampling_verify import request_probs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 5, 50, generator=g)
     temps = torch.tensor([[0.7], [1.0], [1.3], [1.0]])
     top_ks = torch.tensor([1 << 30, 3, 1 << 30, 1], dtype=torch.int32)
     top_ps = torch.tensor([1.0, 1.0, 0.6, 1.0])
-    got = target_probs(logits, temps, top_ks, top_ps)
+    got = request_probs(logits, temps, top_ks, top_ps)
     assert torch.allclose(got[0], ref_probs(logits[0], SamplingParams(temperature=0.7)))
     assert torch.allclose(got[1], ref_probs(logits[1], SamplingParams(temperature=1.0, top_k=3)))
     assert ((got[1] > 0).sum(-1) == 3).all()

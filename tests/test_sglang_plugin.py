@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from hass_sglang.checkpoint import EAGLE_ARCH, MTP_ARCH, save_draft
 from hass_sglang.errors import CheckpointMismatchError, HassError
 from hass_sglang.heads import build_head
-from hass_sglang.sglang_launch import LaunchRequest, plan_launch, tree_shape
+from hass_sglang.serving.plan import LaunchRequest, plan_launch
+from hass_sglang.tree import PAPER_TREE, TreeShape
 
 pytest.importorskip("sglang")
 
@@ -68,13 +69,13 @@ def argv(target_dir, draft=None, algo="HASS", *extra):
 
 
 def resolve(args):
-    from hass_sglang.sglang_plugin import resolve_launch_flags
+    from hass_sglang.serving.plugin import resolve_launch_flags
 
     return resolve_launch_flags(args)
 
 
 def _child_resolve(args, queue):
-    from hass_sglang.sglang_plugin import resolve_launch_flags
+    from hass_sglang.serving.plugin import resolve_launch_flags
 
     queue.put(resolve_launch_flags(args))
 
@@ -85,7 +86,7 @@ def _child_receives_resolved_args(server_args, queue):
     from sglang.srt.models.registry import ModelRegistry
     from sglang.srt.plugins import load_plugins
 
-    from hass_sglang.sglang_plugin import resolved_speculative_args
+    from hass_sglang.serving.plugin import resolved_speculative_args
 
     from sglang.srt.runtime_context import get_spec, publish
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
@@ -171,7 +172,7 @@ def test_spawned_child_resolves_hass_like_the_launcher(target_dir, drafts):
 
 @pytest.mark.parametrize("kind,arch,cls", [
     ("eagle", EAGLE_ARCH, "sglang.srt.models.llama_eagle.LlamaForCausalLMEagle"),
-    ("mtp", MTP_ARCH, "hass_sglang.sglang_models.llama_nextn.LlamaForCausalLMNextN"),
+    ("mtp", MTP_ARCH, "hass_sglang.serving.models.llama_nextn.LlamaForCausalLMNextN"),
 ])
 def test_scheduler_child_gets_eagle_args_and_the_right_draft_class(target_dir, drafts, kind, arch, cls):
     from sglang.srt.plugins import load_plugins
@@ -251,6 +252,11 @@ def test_unusable_requests_are_refused(tmp_path, target_dir):
         LaunchRequest(target_path=target_dir, draft_path=None, num_step=3)
 
 
+def tree_shape(steps, topk, tokens):
+    shape = TreeShape.from_flags(steps, topk, tokens, PAPER_TREE)
+    return shape.num_steps, shape.topk, shape.num_draft_tokens
+
+
 def test_tree_shape_defaults_and_overrides():
     assert tree_shape(None, None, None) == (6, 10, 60)
     assert tree_shape(3, None, None) == (3, 10, 60)
@@ -280,7 +286,7 @@ def test_llama_nextn_maps_every_checkpoint_tensor_to_sglang_parameters(tmp_path,
     """Every tensor of our MTP format lands on a parameter of SGLang's layer names (fused q/k/v and
     gate/up with their shard ids); embedding / lm_head copies are skipped (the target's are shared).
     Building the module itself needs SGLang's CPU backend or a GPU (rotary kernels), see docs."""
-    from hass_sglang.sglang_models.llama_nextn import checkpoint_to_param_name
+    from hass_sglang.serving.models.llama_nextn import checkpoint_to_param_name
 
     L = target.config.num_hidden_layers
     folder = save_draft(build_head("mtp", target.config, seed=0), tmp_path / "mtp", target.config)
@@ -301,7 +307,7 @@ def test_llama_nextn_maps_every_checkpoint_tensor_to_sglang_parameters(tmp_path,
 
 def test_register_is_idempotent_and_cheap_to_import():
     code = (
-        "import sys, hass_sglang.sglang_plugin as p; "
+        "import sys, hass_sglang.serving.plugin as p; "
         "assert not any(m == 'sglang' or m.startswith('sglang.') for m in sys.modules), 'sglang imported at import'; "
         "p.register(); p.register(); "
         "import torch; assert not torch.cuda.is_initialized(); "
@@ -310,7 +316,7 @@ def test_register_is_idempotent_and_cheap_to_import():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "hass_sglang.sglang_models.llama_nextn"
+    assert proc.stdout.strip().splitlines()[-1] == "hass_sglang.serving.models.llama_nextn"
 
 
 def test_older_reduced_vocabulary_export_is_normalised_into_the_cache(tmp_path, target, target_dir, draft_cache):
@@ -348,7 +354,7 @@ def test_engine_style_server_args_resolve_too(target_dir, drafts):
     from sglang.srt.plugins import load_plugins
     from sglang.srt.server_args import ServerArgs
 
-    from hass_sglang.sglang_plugin import resolved_speculative_args
+    from hass_sglang.serving.plugin import resolved_speculative_args
 
     load_plugins()
     server_args = ServerArgs(model_path=target_dir, speculative_algorithm="Hass",
@@ -360,7 +366,7 @@ def test_engine_style_server_args_resolve_too(target_dir, drafts):
 
 
 def test_unknown_model_names_are_named_in_an_error_and_served_names_pass():
-    from hass_sglang.sglang_requests import unknown_model_error
+    from hass_sglang.serving.request_checks import unknown_model_error
 
     served = "/models/SmolLM2-135M-Instruct"
     for ok in (served, "default", "", None, f"{served}:my-lora", "default:my-lora"):
@@ -373,7 +379,7 @@ def test_request_check_hooks_target_sglang_methods_that_exist():
     """The hook targets resolve in the installed SGLang (a renamed method would silently skip the check)."""
     import pkgutil
 
-    from hass_sglang.sglang_requests import CHAT_TARGET, COMPLETION_TARGET
+    from hass_sglang.serving.request_checks import CHAT_TARGET, COMPLETION_TARGET
 
     for target in (CHAT_TARGET, COMPLETION_TARGET):
         owner, attr = target.rsplit(".", 1)

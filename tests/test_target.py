@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hass_sglang.errors import InvalidRequestError, ModelNotFoundError
-from hass_sglang.generate import generate_vanilla
+from hass_sglang.vanilla import generate_vanilla
 from hass_sglang.sampling import SamplingParams
 from hass_sglang.target import EMBEDDED_TARGET, load_target, resolve_target
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-import hass_sglang.trainer as trainer
+import hass_sglang.train.trainer as trainer
 from hass_sglang.checkpoint import load_draft, read_draft_metadata
-from hass_sglang.data import convert
+from hass_sglang.train.data import convert
 from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import shared_data_dir
-from hass_sglang.features import FeatureConfig, extract_features
-from hass_sglang.trainer import TrainConfig, train
+from hass_sglang.train.features import FeatureConfig, extract_features
+from hass_sglang.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

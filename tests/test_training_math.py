@@ -5,7 +5,7 @@ import torch
 
 from hass_sglang.heads import build_head
 from hass_sglang.kv_cache import new_cache
-from hass_sglang.losses import (
+from hass_sglang.train.losses import (
     feature_regression_loss,
     token_ce_loss,
     topk_accuracy,
@@ -13,7 +13,7 @@ from hass_sglang.losses import (
     topk_distillation_loss,
 )
 from hass_sglang.masks import causal_mask, context_alignment_allowed
-from hass_sglang.training import aligned_forward, step_weight
+from hass_sglang.train.align import aligned_forward, step_weight
 
 
 def test_topk_loss_equals_direct_sum():

@@ -1,7 +1,7 @@
 """PNG plots of a summary (matplotlib, Agg backend: no display needed).
 
 speedup.png      speedup over the baseline per dataset and Mean, one bar per method, one panel per T
-tau.png          per-request tau distribution per dataset, speculative methods, one panel per T
+accept_length.png  per-request accept length (SGLang's, seed 002's τ) per dataset, one panel per T
 concurrency.png  throughput and latency p50/p95 vs concurrency (only with more than one concurrency)
 """
 
@@ -48,18 +48,18 @@ def plot_speedup(summary: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_tau(summary: dict, raw: dict, path: Path) -> Path | None:
+def plot_accept_length(summary: dict, raw: dict, path: Path) -> Path | None:
     plt = _plt()
     c = min(summary["concurrencies"])
     temps = summary["temperatures"]
-    taus = {}
+    lengths = {}
     for (m, t, cc), recs in raw.items():
         if cc != c:
             continue
         for r in latest_records(recs):
-            if r.get("tau") is not None:
-                taus.setdefault((t, m), {}).setdefault(r["dataset"], []).append(r["tau"])
-    methods = [m for m in summary["methods"] if any((t, m) in taus for t in temps)]
+            if r.get("verify_ct"):  # completion tokens / verify steps, as SGLang counts them
+                lengths.setdefault((t, m), {}).setdefault(r["dataset"], []).append(r["output_tokens"] / r["verify_ct"])
+    methods = [m for m in summary["methods"] if any((t, m) in lengths for t in temps)]
     if not methods:
         return None
     fig, axes = plt.subplots(1, len(temps), figsize=(1.4 * len(summary["datasets"]) * len(temps) + 2, 4),
@@ -67,7 +67,7 @@ def plot_tau(summary: dict, raw: dict, path: Path) -> Path | None:
     for ax, t in zip(axes[0], temps):
         width = 0.8 / len(methods)
         for i, m in enumerate(methods):
-            data = [taus.get((t, m), {}).get(d, []) for d in summary["datasets"]]
+            data = [lengths.get((t, m), {}).get(d, []) for d in summary["datasets"]]
             pos = [j + i * width - 0.4 + width / 2 for j in range(len(data))]
             keep = [(p, x) for p, x in zip(pos, data) if x]
             if keep:
@@ -83,7 +83,7 @@ def plot_tau(summary: dict, raw: dict, path: Path) -> Path | None:
         ax.set_xticks(range(len(summary["datasets"])), [DISPLAY_NAMES.get(d, d) for d in summary["datasets"]],
                       rotation=30, ha="right")
         ax.set_title(f"T={t:g}, concurrency {c}")
-        ax.set_ylabel("τ per request (tokens / verify step)")
+        ax.set_ylabel("accept length τ per request (tokens / verify step)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,6 +125,6 @@ def plot_concurrency(summary: dict, path: Path) -> Path | None:
 def write_plots(summary: dict, raw: dict, plots_dir: Path) -> list[Path]:
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    made = [plot_speedup(summary, plots_dir / "speedup.png"), plot_tau(summary, raw, plots_dir / "tau.png"),
+    made = [plot_speedup(summary, plots_dir / "speedup.png"), plot_accept_length(summary, raw, plots_dir / "accept_length.png"),
             plot_concurrency(summary, plots_dir / "concurrency.png")]
     return [p for p in made if p is not None]

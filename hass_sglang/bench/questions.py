@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hass_sglang.eval_sets import EVAL_SETS, DatasetError, Question, load_questions, question_file
+from hass_sglang.errors import DatasetError
+from hass_sglang.eval_sets import EVAL_SETS, Question, load_questions, question_file
 
 # Column headers of seed 002, per eval set; other datasets are shown by their own name.
 DISPLAY_NAMES = {"mt_bench": "MT-bench", "humaneval": "HumanEval", "gsm8k": "GSM8K", "alpaca": "Alpaca",

@@ -7,10 +7,11 @@ Definitions (the same at every concurrency):
   Context turns (MT-bench turn 1) are neither counted nor timed.
 - speedup = throughput / the baseline method's throughput in the same (T, concurrency, dataset).
 - "+x% vs MTP" = throughput / the MTP method's throughput - 1.
-- tau = sum(output tokens) / sum(spec_verify_ct) over the cell's requests (SGLang's accept length,
-  bonus token included); null for methods without speculative statistics.
+- accept_length (seed 002's τ) = sum(output tokens) / sum(spec_verify_ct) over the cell's requests:
+  SGLang's accept length, completion tokens per verify step (the reference decoder's tau differs:
+  it also counts the prefill forward); null for methods without speculative statistics.
 - Mean column = the arithmetic mean over the datasets every method has at that (T, concurrency):
-  throughput and tau are means of the per-dataset values; its speedup and +% are ratios of those
+  throughput and accept_length are means of the per-dataset values; its speedup and +% are ratios of those
   mean throughputs (seed 002: 67.7543 / 62.4644 = +8.47%). Latency and TTFT percentiles in the
   Mean cell are pooled over all its requests.
 """
@@ -22,7 +23,7 @@ from collections import defaultdict
 
 from hass_sglang.bench.questions import DISPLAY_NAMES
 
-SUMMARY_SCHEMA = "hass_sglang.bench.summary/1"
+SUMMARY_SCHEMA = "hass_sglang.bench.summary/2"  # 2: "tau" renamed "accept_length"
 MEAN = "Mean"
 
 
@@ -74,7 +75,7 @@ def cell_stats(records: list[dict]) -> dict:
         "output_tokens": tokens,
         "busy_s": busy,
         "throughput": tokens / busy if busy > 0 else None,
-        "tau": sum(r["output_tokens"] for r in spec) / sum(r["verify_ct"] for r in spec) if spec else None,
+        "accept_length": sum(r["output_tokens"] for r in spec) / sum(r["verify_ct"] for r in spec) if spec else None,
         "latency_p50_s": percentile(lat, 50),
         "latency_p95_s": percentile(lat, 95),
         "ttft_p50_s": percentile(ttft, 50),
@@ -95,7 +96,6 @@ def summarize(raw: dict[tuple[str, float, int], list[dict]], methods: list[str],
               baseline: str, mtp: str | None = None, meta: dict | None = None) -> dict:
     """raw[(method, temperature, concurrency)] = records -> summary (cells per dataset and Mean)."""
     cells: dict[tuple[str, float, int, str], dict] = {}
-    pooled: dict[tuple[str, float, int], list[dict]] = defaultdict(list)
     for (method, t, c), recs in raw.items():
         by_ds = defaultdict(list)
         for r in latest_records(recs):
@@ -116,7 +116,7 @@ def summarize(raw: dict[tuple[str, float, int], list[dict]], methods: list[str],
             cells[(m, t, c, MEAN)] = {
                 **pooled_stats,
                 "throughput": _mean([s["throughput"] for s in per]),
-                "tau": _mean([s["tau"] for s in per]),
+                "accept_length": _mean([s["accept_length"] for s in per]),
                 "datasets": common,
             }
     for (m, t, c, d), s in cells.items():
@@ -189,27 +189,28 @@ def render_main_table(summary: dict, concurrency: int | None = None) -> str:
     return _markdown(rows)
 
 
-def render_tau_table(summary: dict, concurrency: int | None = None) -> str:
-    """Seed 002's second table: Speedup and tau per dataset and Mean, speculative methods only."""
+def render_accept_length_table(summary: dict, concurrency: int | None = None) -> str:
+    """Seed 002's second table: Speedup and τ (SGLang's accept length) per dataset and Mean,
+    speculative methods only."""
     c = min(summary["concurrencies"]) if concurrency is None else concurrency
     idx = cell_index(summary)
     rows = _header(summary, ("Speedup", "τ"))
     for t in summary["temperatures"]:
         first = True
         for m in _ordered_methods(summary):
-            if not any(idx.get((m, t, c, d), {}).get("tau") for d in summary["datasets"]):
+            if not any(idx.get((m, t, c, d), {}).get("accept_length") for d in summary["datasets"]):
                 continue
             row = [f"T={t:g}" if first else "", m]
             first = False
             for d in [*summary["datasets"], MEAN]:
                 cell = idx.get((m, t, c, d)) or {}
-                row += [_fmt(cell.get("speedup"), ".4f", "x"), _fmt(cell.get("tau"), ".4f")]
+                row += [_fmt(cell.get("speedup"), ".4f", "x"), _fmt(cell.get("accept_length"), ".4f")]
             rows.append(row)
     return _markdown(rows) if len(rows) > 3 else ""
 
 
 def render_sweep_table(summary: dict) -> str:
-    """Per concurrency (Mean over datasets): throughput, speedup, pooled latency / TTFT percentiles, tau."""
+    """Per concurrency (Mean over datasets): throughput, speedup, pooled latency / TTFT percentiles, τ."""
     idx = cell_index(summary)
     rows = [["Temperature", "Method", "Concurrency", "Throughput (tok/s)", "Speedup", "Latency p50 (s)",
              "Latency p95 (s)", "TTFT p50 (s)", "TTFT p95 (s)", "τ", "Errors"]]
@@ -222,7 +223,7 @@ def render_sweep_table(summary: dict) -> str:
                 rows.append([f"T={t:g}", m, str(c), _fmt(cell["throughput"], ".4f"), _fmt(cell["speedup"], ".2f", "x"),
                              _fmt(cell["latency_p50_s"], ".3f"), _fmt(cell["latency_p95_s"], ".3f"),
                              _fmt(cell["ttft_p50_s"], ".3f"), _fmt(cell["ttft_p95_s"], ".3f"),
-                             _fmt(cell["tau"], ".3f"), str(cell["errors"])])
+                             _fmt(cell["accept_length"], ".3f"), str(cell["errors"])])
     return _markdown(rows)
 
 
@@ -242,9 +243,10 @@ def render_report(summary: dict) -> str:
     parts += [f"## Throughput (output token/s) and speedup, concurrency {c0}", "",
               render_main_table(summary, c0), "",
               "Speedup = throughput / baseline throughput; (+x%) = throughput / MTP throughput - 1.", ""]
-    tau = render_tau_table(summary, c0)
-    if tau:
-        parts += [f"## Speedup and τ (acceptance length), concurrency {c0}", "", tau, ""]
+    lengths = render_accept_length_table(summary, c0)
+    if lengths:
+        parts += [f"## Speedup and τ (SGLang's accept length: tokens per verify step), concurrency {c0}", "",
+                  lengths, ""]
     if len(summary["concurrencies"]) > 1:
         parts += ["## Concurrency sweep (mean over datasets)", "", render_sweep_table(summary), ""]
     errors = sum(r["errors"] for r in summary["cells"] if r["dataset"] != MEAN)
@@ -254,7 +256,7 @@ def render_report(summary: dict) -> str:
 
 
 def compare(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
-    """Two summaries side by side on the cells they share: throughput change, speedups, tau."""
+    """Two summaries side by side on the cells they share: throughput change, speedups, τ."""
     ia, ib = cell_index(a), cell_index(b)
     rows = [["Temperature", "Method", "Concurrency", "Dataset", f"Throughput {label_a}", f"Throughput {label_b}",
              "Change", f"Speedup {label_a}", f"Speedup {label_b}", f"τ {label_a}", f"τ {label_b}"]]
@@ -265,7 +267,7 @@ def compare(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
         rows.append([f"T={t:g}", m, str(c), DISPLAY_NAMES.get(d, d), _fmt(ca["throughput"], ".4f"),
                      _fmt(cb["throughput"], ".4f"), _fmt(None if change is None else (change - 1) * 100, "+.2f", "%"),
                      _fmt(ca["speedup"], ".2f", "x"), _fmt(cb["speedup"], ".2f", "x"),
-                     _fmt(ca["tau"], ".3f"), _fmt(cb["tau"], ".3f")])
+                     _fmt(ca["accept_length"], ".3f"), _fmt(cb["accept_length"], ".3f")])
     if len(rows) == 1:
         return "The two runs share no (method, temperature, concurrency, dataset) cell."
     return _markdown(rows)

@@ -5,8 +5,8 @@
                                               concurrencies, request settings, versions, status
     <out>/raw/<method>/t<T>_c<C>.jsonl        one line per measured request (append-only)
     <out>/summary.json                        per (method, T, concurrency, dataset|Mean) statistics
-    <out>/table.md                            seed 002's tables (+ tau, + concurrency sweep)
-    <out>/plots/speedup.png, tau.png, concurrency.png
+    <out>/table.md                            seed 002's tables (+ τ = accept length, + concurrency sweep)
+    <out>/plots/speedup.png, accept_length.png, concurrency.png
     <out>/logs/<method>.log                   server logs of --launch
 
 summary.json, table.md and plots/ are always recomputed from raw/ (`report` subcommand), so a
@@ -23,16 +23,13 @@ import time
 from pathlib import Path
 
 from hass_sglang.bench import report
-from hass_sglang.bench.runner import read_records
-from hass_sglang.data import write_json_atomic
-from hass_sglang.errors import HassError
+from hass_sglang.bench.records import read_records
+from hass_sglang.errors import ResultsError
+from hass_sglang.io import write_json_atomic
 
 MANIFEST_SCHEMA = "hass_sglang.bench.manifest/1"
+SUMMARY_SCHEMA_V1 = "hass_sglang.bench.summary/1"
 _RAW_NAME = re.compile(r"^t(?P<t>[-0-9.e+]+)_c(?P<c>\d+)\.jsonl$")
-
-
-class ResultsError(HassError):
-    """A result folder is missing, malformed, or was made with incompatible settings."""
 
 
 def manifest_path(out: Path) -> Path:
@@ -157,6 +154,10 @@ def load_summary(path: Path) -> dict:
     if not path.is_file():
         raise ResultsError(f"{path}: neither a result folder nor a summary.json")
     summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("schema") == SUMMARY_SCHEMA_V1:  # older runs: the accept length was called "tau"
+        for cell in summary["cells"]:
+            cell["accept_length"] = cell.pop("tau", None)
+        summary["schema"] = report.SUMMARY_SCHEMA
     if summary.get("schema") != report.SUMMARY_SCHEMA:
         raise ResultsError(f"{path}: not a benchmark summary (schema {summary.get('schema')!r})")
     return summary

@@ -86,12 +86,12 @@ def activate() -> dict:
         if not real_sgl_kernel_loads():
             install_shim()
             done["shim"] = True
-        from hass_sglang.sglang_cpu.registry import register_ops
+        from hass_sglang.serving.cpu.registry import register_ops
 
         done["ops"] = register_ops()
         override_amx()
         done["amx"] = True
-        from hass_sglang.sglang_cpu.sampling_verify import register_hooks
+        from hass_sglang.serving.cpu.sampling_verify import register_hooks
 
         register_hooks()  # T>0: project SpecInfer instead of SGLang's greedy-only CPU verify
         done["hooks"] = True

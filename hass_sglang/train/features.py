@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from collections import Counter
 from pathlib import Path
@@ -26,10 +25,12 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from hass_sglang.data import load_sharegpt, tokenize_conversation, write_json_atomic
 from hass_sglang.errors import HassError
-from hass_sglang.losses import teacher_topk
-from hass_sglang.target import Target
+from hass_sglang.io import write_file_atomic, write_json_atomic
+from hass_sglang.target import Target, dtype_from_name
+from hass_sglang.train.data import load_sharegpt, tokenize_conversation
+from hass_sglang.train.distributed import barrier, rank_world
+from hass_sglang.train.losses import teacher_topk
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: per-shard counts and indices (data-parallel extraction)
@@ -44,7 +45,7 @@ class FeatureConfig(BaseModel):
     shard_size: int = 64  # conversations per shard
     batch_tokens: int = 4096  # tokens per target forward (padded batch)
     extra_layers: tuple[int, ...] = ()  # hidden_states indices to store besides the final feature
-    dtype: str = "float32"  # storage dtype of features
+    storage_dtype: str = "float32"  # dtype the features are stored in (not the target's compute dtype)
     teacher_topk: int = 10  # target top-K (probabilities + ids) stored per position for training; 0 = none
 
 
@@ -55,10 +56,6 @@ def _versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "hass_sglang": hass_sglang.__version__, "python": platform.python_version()}
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    write_json_atomic(path, obj, indent=1)
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -147,9 +144,7 @@ def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, pr
     shards whose index is r modulo the world size and records them in its own
     `progress.rank{r}.json`; rank 0 merges every rank's entries into manifest.json at the end. A
     resumed run, with any number of ranks, skips every shard recorded in either place."""
-    import torch.distributed as dist
-
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
@@ -172,25 +167,24 @@ def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, pr
     todo = [i for i in range(n_shards) if i not in entries and i % world == rank]
     mine_file = out_dir / f"progress.rank{rank}.json"
     mine = [e for e in entries.values() if e["index"] % world == rank] if world > 1 else []
-    storage = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    storage = dtype_from_name(cfg.storage_dtype)
     for index in tqdm(todo, desc="features", disable=not progress or rank > 0):
         chunk = convs[index * cfg.shard_size : (index + 1) * cfg.shard_size]
         data, entry = _shard(target, cfg, chunk, storage)
         name = f"shard-{index:05d}.safetensors"
         if data is not None:  # the shard file first, then its record: a kill never records a missing file
-            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-            save_file(data["tensors"], str(tmp), metadata={"ids": json.dumps(data["ids"])})
-            os.replace(tmp, out_dir / name)
+            write_file_atomic(out_dir / name, lambda tmp: save_file(data["tensors"], str(tmp),
+                                                                      metadata={"ids": json.dumps(data["ids"])}))
         entry = {"index": index, "file": name if data is not None else None, **entry}
         if world > 1:
             mine.append(entry)
-            _write_json_atomic(mine_file, mine)
+            write_json_atomic(mine_file, mine, indent=1)
         else:
             manifest["shards"].append(entry)
             _totals(manifest)
-            _write_json_atomic(out_dir / MANIFEST, manifest)
+            write_json_atomic(out_dir / MANIFEST, manifest, indent=1)
     if world > 1:
-        dist.barrier()
+        barrier()
         if rank > 0:  # this rank's share only; rank 0 returns and writes the whole
             manifest = {**manifest, "shards": mine}
             _totals(manifest)
@@ -200,7 +194,7 @@ def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, pr
         manifest["shards"] = list(entries.values())
     manifest["complete"] = len(manifest["shards"]) == n_shards
     _totals(manifest)
-    _write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json_atomic(out_dir / MANIFEST, manifest, indent=1)
     if manifest["complete"]:
         for f in out_dir.glob("progress.rank*.json"):
             f.unlink()

@@ -25,7 +25,7 @@ import logging
 import torch
 
 from hass_sglang.sampling import SamplingParams
-from hass_sglang.sampling import target_probs as sampling_target_probs
+from hass_sglang.sampling import target_probs
 from hass_sglang.verify import verify_specinfer
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def parents_from_links(next_token: torch.Tensor, next_sibling: torch.Tensor) -> 
     return parent
 
 
-def target_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None = None,
+def request_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None = None,
                  top_ps: torch.Tensor | None = None) -> torch.Tensor:
     """[bs, n, V] per-request sampling distributions (temperature, top-k, top-p through
     `hass_sglang.sampling.target_probs`, the one definition every decoder uses); rows with
@@ -72,7 +72,7 @@ def target_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch
             continue
         sp = SamplingParams(temperature=temp, top_k=0 if k >= logits.shape[-1] or k < 0 else k,
                             top_p=float(top_ps.reshape(-1)[b]) if top_ps is not None else 1.0)
-        out[b] = sampling_target_probs(logits[b], sp)
+        out[b] = target_probs(logits[b], sp)
     return out
 
 
@@ -122,7 +122,7 @@ def around_verify(original, *args, **kwargs):
     bs, n = candidates.shape
     info = ctx["info"]
     logits = ctx["logits"].reshape(bs, n, -1)
-    probs = target_probs(logits, info.temperatures, getattr(info, "top_ks", None), getattr(info, "top_ps", None))
+    probs = request_probs(logits, info.temperatures, getattr(info, "top_ks", None), getattr(info, "top_ps", None))
     parents = parents_from_links(kwargs["retrieve_next_token"], kwargs["retrieve_next_sibling"])
     deepest, emitted = specinfer_accept(candidates, parents, probs)
     width = accept_index.shape[1]

@@ -3,7 +3,7 @@
 The plugin relies on SGLang's extension points and on a few facts about them (a step name, a
 constant, the names of ServerArgs fields, the layer classes the Llama MTP draft is built from).
 An SGLang upgrade that renames, removes or re-signs any of them must fail CI loudly, here, rather
-than at some later launch. `python -m hass_sglang.sglang_contract` prints the problems (exit 1).
+than at some later launch. `python -m hass_sglang.serving.contract` prints the problems (exit 1).
 
 Paths are `module:qualified.name` (pkgutil.resolve_name syntax). `params` are the leading
 parameter names a callable must accept, in order; `contains` / `equals` check a value.
@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from hass_sglang.sglang_plugin import SPECULATIVE_FIELDS
+from hass_sglang.serving.plugin import SPECULATIVE_FIELDS
 
 PINNED_SGLANG = "0.5.23"
 
@@ -70,7 +70,7 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="reads hot_token_map.pt (a list of target ids) for --speculative-token-map"),
     # Model registry and the Llama MTP draft's building blocks.
     Symbol(path="sglang.srt.models.registry:ModelRegistry.register", params=("package_name", "overwrite", "strict"),
-           why="registers hass_sglang.sglang_models (LlamaForCausalLMNextN)"),
+           why="registers hass_sglang.serving.models (LlamaForCausalLMNextN)"),
     Symbol(path="sglang.srt.models.registry:ModelRegistry.resolve_model_cls", params=("architectures",),
            why="how SGLang finds the draft class by architecture name"),
     Symbol(path="sglang.srt.models.llama:LlamaForCausalLM.forward",
@@ -102,7 +102,7 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="loads unfused parameters"),
     Symbol(path="sglang.srt.runtime_context:get_parallel", params=(), why="pp_group of the draft"),
     Symbol(path="sglang.srt.utils:add_prefix", params=("name", "prefix"), why="parameter prefixes"),
-    # CPU backend (hass_sglang/sglang_cpu): the call sites of the ops it registers, with the
+    # CPU backend (hass_sglang/serving/cpu): the call sites of the ops it registers, with the
     # parameters whose order/meaning the torch implementations follow, and the AMX switch.
     Symbol(path="sglang.srt.runtime_context:override_platform",
            why="declares has_amx=True on CPU hosts so resolution keeps the intel_amx backend"),
@@ -140,7 +140,7 @@ SYMBOLS: tuple[Symbol, ...] = (
            params=("req_pool_indices", "req_to_token", "start_offset", "end_offset", "out_cache_loc"),
            why="calls assign_req_to_token_pool_cpu"),
     Symbol(path="sglang.srt.plugins.hook_registry:HookRegistry.register", params=("target", "hook", "hook_type"),
-           why="installs the T>0 verification hooks (sglang_cpu/sampling_verify.py)"),
+           why="installs the T>0 verification hooks (serving/cpu/sampling_verify.py)"),
     Symbol(path="sglang.srt.plugins.hook_registry:HookType.AROUND", why="both CPU verification hooks wrap"),
     Symbol(path="sglang.srt.speculative.eagle_utils:eagle_sample", params=("verify_input", "batch", "logits_output"),
            why="AROUND hook keeps the verify logits and sampling info for non-greedy batches"),
@@ -149,9 +149,9 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(path="sglang.srt.speculative.eagle_utils:_verify_uses_greedy",
            why="why CPU verification is greedy-only in stock SGLang (is_cpu forces it)"),
     Symbol(path="sglang.srt.entrypoints.openai.serving_chat:OpenAIServingChat._validate_request",
-           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (sglang_requests.py)"),
+           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (serving/request_checks.py)"),
     Symbol(path="sglang.srt.entrypoints.openai.serving_completions:OpenAIServingCompletion._validate_request",
-           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (sglang_requests.py)"),
+           params=("self", "request"), why="AROUND hook: unknown model names -> 400 (serving/request_checks.py)"),
     Symbol(path="sglang.srt.entrypoints.openai.serving_base:OpenAIServingBase.handle_request",
            why="turns a _validate_request message into a 400 error response"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",

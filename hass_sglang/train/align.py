@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from hass_sglang.heads import DraftHead, draft_logits
-from hass_sglang.losses import feature_regression_loss, token_ce_loss, topk_accuracy, topk_distillation_from_teacher
+from hass_sglang.train.losses import feature_regression_loss, token_ce_loss, topk_accuracy, topk_distillation_from_teacher
 from hass_sglang.masks import context_alignment_mask
 
 

@@ -190,7 +190,7 @@ def _list_ranks(sibling, steps):
     return dist, tail
 
 
-def verify_greedy(candidates, retrieve_index, next_token, next_sibling, target_predict, num_spec):
+def verify_tree_greedy(candidates, retrieve_index, next_token, next_sibling, target_predict, num_spec):
     """verify_tree_greedy_cpu (spec_tree.py:510) as pure values: walk the tree from the root, at each
     level take the first child (in sibling-list order) whose draft token equals the target's
     prediction at the last accepted node.

@@ -1,13 +1,13 @@
 """SGLang entry-point plugin: `--speculative-algorithm HASS` on an unmodified SGLang 0.5.23.
 
-Installed as `[project.entry-points."sglang.srt.plugins"] hass = "hass_sglang.sglang_plugin:register"`.
+Installed as `[project.entry-points."sglang.srt.plugins"] hass = "hass_sglang.serving.plugin:register"`.
 SGLang calls `register()` through `sglang.srt.plugins.load_plugins()` in every process it starts
 (launcher, scheduler, detokenizer, DP controller; children are spawned, so nothing set in the
 launcher reaches them otherwise). `register()` does two things, both idempotent and CUDA-free:
 
 1. wraps the resolution step `handle_speculative_decoding` (a whitelisted resolution hook): when
    the requested algorithm is HASS (any case) it validates / converts the draft
-   (`sglang_launch.plan_launch`) and declares SGLang's EAGLE algorithm with the HASS tree defaults,
+   (`serving.plan.plan_launch`) and declares SGLang's EAGLE algorithm with the HASS tree defaults,
    then runs SGLang's own step. Declarations leave the raw input untouched, so SGLang keeps
    recording `speculative_algorithm="HASS"` as what was asked for, while every consumer reads
    the resolved "EAGLE".
@@ -20,19 +20,19 @@ scheduler calls methods the custom base class lacks. Resolving to EAGLE keeps al
 machinery - paged KV cache, tree build and verify, CUDA graphs, metrics - exactly as SGLang ships
 it, and HASS needs nothing else at inference time.
 
-Every SGLang symbol used here is listed in `sglang_contract.py` and checked by its tests.
+Every SGLang symbol used here is listed in `serving/contract.py` and checked by its tests.
 """
 
 from __future__ import annotations
 
 import logging
 
-from hass_sglang.sglang_launch import LaunchRequest, is_hass, plan_launch
+from hass_sglang.serving.plan import LaunchRequest, is_hass, plan_launch
 
 logger = logging.getLogger(__name__)
 
 RESOLUTION_STEP = "handle_speculative_decoding"
-MODEL_PACKAGE = "hass_sglang.sglang_models"
+MODEL_PACKAGE = "hass_sglang.serving.models"
 DECLARATION_SOURCE = "hass_sglang.plan_launch"
 _registered = False
 
@@ -67,11 +67,11 @@ def register() -> None:
     from sglang.srt.models.registry import ModelRegistry
 
     # CPU hosts only (SGLANG_USE_CPU_ENGINE=1, no CUDA): torch `sgl_kernel.*_cpu` ops, the
-    # `sgl_kernel` stand-in for spawned children, and the AMX platform flag (sglang_cpu/__init__.py).
-    from hass_sglang.sglang_cpu import activate as activate_cpu_backend
+    # `sgl_kernel` stand-in for spawned children, and the AMX platform flag (serving/cpu/__init__.py).
+    from hass_sglang.serving.cpu import activate as activate_cpu_backend
 
     activate_cpu_backend()
-    from hass_sglang.sglang_requests import register_hooks as register_request_checks
+    from hass_sglang.serving.request_checks import register_hooks as register_request_checks
 
     register_request_checks()  # unknown `model` names -> 400 instead of an answer from this model
     register_resolution_hook(RESOLUTION_STEP)(resolve_hass)

@@ -1,4 +1,12 @@
-"""Vanilla autoregressive decoding (the baseline) and what every decoder returns."""
+"""Vanilla autoregressive decoding (the baseline) and what every decoder returns.
+
+Two acceptance metrics, not to be confused:
+- `GenerationResult.tau`: generated tokens per target forward, the prefill forward included
+  (the EAGLE/HASS papers' tau; 1.0 for vanilla decoding). The reference decoder reports this.
+- `GenerationResult.accept_length`: generated tokens per verify cycle, what SGLang reports as
+  `spec_accept_length` (completion tokens / `spec_verify_ct`; the token sampled at prefill is
+  counted among the completion tokens, its forward is not a verify step).
+"""
 
 from __future__ import annotations
 
@@ -24,15 +32,15 @@ class GenerationResult:
 
     @property
     def tau(self) -> float:
-        """Acceptance length: generated tokens per target forward (1.0 for vanilla decoding)."""
+        """Generated tokens per target forward, prefill included (1.0 for vanilla decoding)."""
         return len(self.tokens) / max(self.target_forwards, 1)
 
     @property
-    def mean_accept_length(self) -> float:
-        """Tokens per verify cycle, excluding the prefill token: SGLang's spec_accept_length."""
+    def accept_length(self) -> float:
+        """Generated tokens per verify cycle: SGLang's spec_accept_length (1.0 without cycles)."""
         if not self.accept_lengths:
             return 1.0
-        return sum(self.accept_lengths) / len(self.accept_lengths)
+        return len(self.tokens) / len(self.accept_lengths)
 
     @property
     def tokens_per_second(self) -> float:

@@ -20,9 +20,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, field_validator
 from tqdm import tqdm
 
-from hass_sglang.data import Conversation, DataError, load_sharegpt, write_json_atomic
+from hass_sglang.errors import DataError
+from hass_sglang.io import claim_run_settings, write_json_atomic
+from hass_sglang.train.data import Conversation, load_sharegpt
+
+
+class RegenerateConfig(BaseModel):
+    """One regeneration run (everything but the target and the output path)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: tuple[str, ...]  # ShareGPT JSON file(s) from `hass data`
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
+    temperature: float = 0.0  # 0 = greedy (what T=0 decoding emits)
+    seed: int = 0
+    limit: int | None = None  # at most this many conversations per input file
+    # Keep only this many (shortest prompts first). Not part of the resume check: it leaves the
+    # earlier batches as they were, so it may change between runs (e.g. to stop a long run early).
+    max_conversations: int | None = None
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _paths(cls, v):
+        return tuple(str(x) for x in ([v] if isinstance(v, (str, Path)) else v))
+
+    def resume_settings(self) -> dict:
+        return {"data": list(self.data), **self.model_dump(exclude={"data", "max_conversations"})}
 
 
 @dataclass
@@ -66,24 +94,16 @@ def _generate_batch(target, prompts: list[list[int]], max_new_tokens: int, tempe
     return res
 
 
-def regenerate(
-    target, data: list[str | Path], out: str | Path, max_new_tokens: int = 256, batch_size: int = 16,
-    max_prompt_tokens: int = 512, temperature: float = 0.0, seed: int = 0, limit: int | None = None,
-    max_conversations: int | None = None, progress: bool = True,
-) -> RegenerationReport:
+def regenerate(target, cfg: RegenerateConfig, out: str | Path, progress: bool = True) -> RegenerationReport:
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    settings = {"data": [str(d) for d in data], "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                "max_prompt_tokens": max_prompt_tokens, "temperature": temperature, "seed": seed, "limit": limit}
-    marker = parts / "settings.json"
-    if marker.is_file() and json.loads(marker.read_text()) != settings:
-        raise DataError(f"{parts} holds a regeneration with different settings; remove it or use another --out")
-    write_json_atomic(marker, settings)
+    claim_run_settings(parts / "settings.json", cfg.resume_settings(), DataError)
+    max_new_tokens, max_prompt_tokens = cfg.max_new_tokens, cfg.max_prompt_tokens
 
     report = RegenerationReport()
     items = []
-    convs = [c for d in data for c in load_sharegpt(d)[:limit]]  # --limit applies per file
+    convs = [c for d in cfg.data for c in load_sharegpt(d)[: cfg.limit]]  # --limit applies per file
     for conv in convs:
         msgs = first_exchange_prompt(conv)
         ids = target.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
@@ -92,17 +112,15 @@ def regenerate(
             continue
         items.append((conv.id, msgs, list(ids)))
     items.sort(key=lambda x: len(x[2]))  # little padding per batch
-    # Keeping only the shortest prompts leaves the earlier batches as they were, so this cap may
-    # change between runs (e.g. to stop a long run early and keep its finished batches).
-    if max_conversations is not None:
-        report.skipped["beyond max_conversations"] += max(len(items) - max_conversations, 0)
-        items = items[:max_conversations]
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if cfg.max_conversations is not None:  # the shortest prompts: earlier batches stay as they were
+        report.skipped["beyond max_conversations"] += max(len(items) - cfg.max_conversations, 0)
+        items = items[: cfg.max_conversations]
+    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="regenerate", disable=not progress)):
         part = parts / f"part-{b:05d}.json"
         if part.is_file():
             continue
-        answers = _generate_batch(target, [x[2] for x in batch], max_new_tokens, temperature, seed * 100003 + b)
+        answers = _generate_batch(target, [x[2] for x in batch], max_new_tokens, cfg.temperature, cfg.seed * 100003 + b)
         rows = [{"id": cid, "messages": msgs, "answer_ids": ans} for (cid, msgs, _), ans in zip(batch, answers)]
         write_json_atomic(part, rows)
 

@@ -1,6 +1,6 @@
 """hass_sglang's CPU stand-in for `sgl_kernel` (not the real package).
 
-Put on sys.path / PYTHONPATH by `hass_sglang.sglang_cpu.activate()` only on CPU-engine hosts where
+Put on sys.path / PYTHONPATH by `hass_sglang.serving.cpu.activate()` only on CPU-engine hosts where
 the real `sgl_kernel` cannot load (PyPI's sglang-kernel is CUDA-only). `from sgl_kernel import X`
 returns `torch.ops.sgl_kernel.X` when hass_sglang registered that op; any other name raises
 ImportError exactly as a build without that op would, so SGLang's own fallbacks apply.
@@ -8,7 +8,7 @@ ImportError exactly as a build without that op would, so SGLang's own fallbacks 
 
 import torch
 
-from hass_sglang.sglang_cpu.registry import register_ops
+from hass_sglang.serving.cpu.registry import register_ops
 
 register_ops()
 

@@ -16,21 +16,17 @@ Records that cannot be used are skipped and counted by reason, never silently dr
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hass_sglang.errors import HassError
+from hass_sglang.errors import DataError
+from hass_sglang.io import write_json_atomic
 
 PRESETS: tuple[str, ...] = ("sharegpt", "gsm8k", "ultrachat", "alpaca", "fastchat")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
           "bard": "assistant", "bing": "assistant", "system": "system"}
-
-
-class DataError(HassError):
-    """A data source is missing or unreadable (the message names it)."""
 
 
 class SkipRecord(Exception):
@@ -93,7 +89,7 @@ class _Truncated(Exception):
         super().__init__(f"{path}: truncated JSON array")
 
 
-def read_records(source: str, split: str = "train", subset: str | None = None) -> Iterator[dict]:
+def iter_source_records(source: str, split: str = "train", subset: str | None = None) -> Iterator[dict]:
     path = Path(source)
     if path.suffix == ".jsonl":
         if not path.is_file():
@@ -182,7 +178,7 @@ def convert(
     report = ConversionReport()
     out: list[dict] = []
     try:
-        for i, rec in enumerate(read_records(source, split, subset)):
+        for i, rec in enumerate(iter_source_records(source, split, subset)):
             try:
                 out.append(to_conversation(rec, preset, i).to_sharegpt())
                 report.kept += 1
@@ -196,16 +192,9 @@ def convert(
     return report
 
 
-def write_json_atomic(path: Path, obj, indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent))
-    os.replace(tmp, path)
-
-
 def load_sharegpt(path: str | Path) -> list[Conversation]:
     convs = []
-    for i, rec in enumerate(read_records(str(path))):
+    for i, rec in enumerate(iter_source_records(str(path))):
         convs.append(to_conversation(rec, "sharegpt", i))
     return convs
 

@@ -7,7 +7,7 @@ alias of EAGLE in SGLang 0.5.23) with the paper's tree defaults, and makes sure 
 is one SGLang loads and that it fits the target - before anything is served.
 
 This module does not import SGLang: it is the part of the plugin that can be reasoned about (and
-tested) on its own; `sglang_plugin` feeds it SGLang's resolved arguments and declares the result.
+tested) on its own; `serving.plugin` feeds it SGLang's resolved arguments and declares the result.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hass_sglang.errors import CheckpointMismatchError, HassError, ModelNotFoundError
+from hass_sglang.io import drafts_cache_dir
+from hass_sglang.tree import PAPER_TREE, TreeShape
 
 HASS_ALGORITHM = "HASS"
 # SGLang's algorithm for both head kinds: EAGLE-2 heads and NextN/MTP heads share its worker.
 SGLANG_ALGORITHM = "EAGLE"
-# HASS paper, section 4 (the EAGLE-2 setting it evaluates with): depth 6, top-k 10, 60 tokens.
-HASS_NUM_STEPS = 6
-HASS_EAGLE_TOPK = 10
-HASS_NUM_DRAFT_TOKENS = 60
 # Targets whose MTP layer ships inside the target checkpoint and that SGLang 0.5.23 both points
 # the draft at by itself (arg_groups/speculative_hook.py:1120) and loads with its own
 # DeepseekV3ForCausalLMNextN (configs/model_config.py:1032): they skip our checks. (DeepSeek V4
@@ -81,26 +79,6 @@ class LaunchPlan(BaseModel):
         return fields
 
 
-def tree_shape(num_steps: int | None, eagle_topk: int | None, num_draft_tokens: int | None) -> tuple[int, int, int]:
-    """HASS defaults for the flags the user left out; a user's flag always wins.
-
-    SGLang's own rule is kept: with top-k 1 the tree is a chain of num_steps + 1 tokens.
-    """
-    steps = HASS_NUM_STEPS if num_steps is None else num_steps
-    topk = HASS_EAGLE_TOPK if eagle_topk is None else eagle_topk
-    if num_draft_tokens is not None:
-        tokens = num_draft_tokens
-    elif topk == 1:
-        tokens = steps + 1
-    else:
-        # Never more tokens than the tree holds: 1 root + topk per step after the first...
-        tokens = min(HASS_NUM_DRAFT_TOKENS, 1 + topk + (steps - 1) * topk * topk)
-    for name, value in (("num_steps", steps), ("eagle_topk", topk), ("num_draft_tokens", tokens)):
-        if value < 1:
-            raise HassError(f"--speculative-{name.replace('_', '-')} must be >= 1, got {value}")
-    return steps, topk, tokens
-
-
 def read_target_config(target_path: str):
     """The target's transformers config (a local HF folder or whatever AutoConfig resolves)."""
     from transformers import AutoConfig
@@ -109,12 +87,6 @@ def read_target_config(target_path: str):
         return AutoConfig.from_pretrained(target_path)
     except Exception as exc:  # AutoConfig raises OSError / ValueError / EnvironmentError variants
         raise ModelNotFoundError(f"cannot read the target's config.json from {target_path!r}: {exc}") from exc
-
-
-def draft_cache_dir() -> Path:
-    from hass_sglang.target import cache_dir
-
-    return cache_dir() / "drafts"
 
 
 def _fingerprint(folder: Path, target_config) -> str:
@@ -133,7 +105,7 @@ def convert_reference_cached(draft: Path, target_path: str, target_config) -> Pa
     """HASS reference release -> SGLang EAGLE folder in the draft cache (once per source)."""
     from hass_sglang.checkpoint import import_reference
 
-    out = draft_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
+    out = drafts_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
     if (out / "config.json").is_file():
         return out
     try:
@@ -157,7 +129,9 @@ def plan_launch(req: LaunchRequest) -> LaunchPlan:
     from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, load_draft, save_draft
 
     target_config = read_target_config(req.target_path)
-    steps, topk, tokens = tree_shape(req.num_steps, req.eagle_topk, req.num_draft_tokens)
+    # HASS's paper tree for the flags the user left out; a user's flag always wins.
+    tree = TreeShape.from_flags(req.num_steps, req.eagle_topk, req.num_draft_tokens, PAPER_TREE)
+    steps, topk, tokens = tree.num_steps, tree.topk, tree.num_draft_tokens
     target_arch = (getattr(target_config, "architectures", None) or [""])[0]
 
     if req.draft_path is None:
@@ -194,7 +168,7 @@ def plan_launch(req: LaunchRequest) -> LaunchPlan:
     else:
         head = load_draft(draft, target_config)  # the full check: config, keys, shapes
         if not _sglang_ready(config):
-            out = draft_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
+            out = drafts_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
             if not (out / "config.json").is_file():
                 save_draft(head, out, target_config, metadata={"normalised_from": str(draft)})
             converted_from, draft = str(draft), out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from hass_sglang.sglang_cpu import attention, ops
+from hass_sglang.serving.cpu import attention, ops
 
 NAMESPACE = "sgl_kernel"
 
@@ -62,7 +62,7 @@ def _build_tree_kernel_efficient(parent_list, selected_index, verified_seq_len, 
 
 def _verify_tree_greedy(predicts, accept_index, accept_token_num, candidates, retrive_index, retrive_next_token,
                         retrive_next_sibling, target_predict):
-    accept, count = ops.verify_greedy(candidates, retrive_index, retrive_next_token, retrive_next_sibling,
+    accept, count = ops.verify_tree_greedy(candidates, retrive_index, retrive_next_token, retrive_next_sibling,
                                       target_predict, accept_index.shape[1])
     accept_index.copy_(torch.where(accept >= 0, accept, accept_index.long()).to(accept_index.dtype))
     accept_token_num.copy_(count.to(accept_token_num.dtype))

@@ -294,7 +294,7 @@ def dump(commands: list[LaunchCommand]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hass_sglang.deploy_check [ROOT]`: every server and router command line, as JSON.
+    """`python tests/support/deploy_check.py [ROOT]`: every server and router command line, as JSON.
 
     What will actually run, with environment references shown as @NAME@: the quickest review of a
     manifest change.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from hass_sglang.sglang_cpu.ops import FULL_MASK  # noqa: F401  (layout names shared with ops)
+from hass_sglang.serving.cpu.ops import FULL_MASK  # noqa: F401  (layout names shared with ops)
 
 
 def _unsupported(sliding_window_size, sinks, is_cross_attention):

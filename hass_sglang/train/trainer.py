@@ -1,9 +1,9 @@
 """`hass train`: EAGLE-2 / HASS training of a draft head on extracted features, resumable.
 
 One process on CPU, or data-parallel under torchrun (`torchrun --nproc-per-node N -m
-hass_sglang.cli train ...`; gloo on CPU, the only device wired so far): every rank takes its slice of each global
-batch of N x batch_size sequences, gradients are averaged with all_reduce before the optimizer
-step, so all ranks keep identical weights; rank 0 alone logs, validates and writes. The frozen
+hass_sglang.cli train ...`; gloo on CPU, the only device wired so far; `distributed.py`): every rank
+takes its slice of each global batch of N x batch_size sequences, gradients are averaged before the
+optimizer step, so all ranks keep identical weights; rank 0 alone logs, validates and writes. The frozen
 target contributes its embedding and lm_head only; the body's work was done once by
 `hass features`.
 
@@ -16,25 +16,29 @@ SGLang-loadable draft folder (`checkpoint.save_draft`).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, model_validator
 from tqdm import tqdm
 
 from hass_sglang.checkpoint import load_draft, save_draft
 from hass_sglang.errors import HassError
-from hass_sglang.features import load_shard, read_manifest
 from hass_sglang.heads import build_head
-from hass_sglang.losses import teacher_topk
-from hass_sglang.training import aligned_forward, step_losses, step_weight
+from hass_sglang.io import claim_run_settings, save_torch_atomic
+from hass_sglang.train.align import aligned_forward, step_losses, step_weight
+from hass_sglang.train.distributed import average_gradients, barrier, broadcast_parameters, rank_world
+from hass_sglang.train.features import load_shard, read_manifest
+from hass_sglang.train.losses import teacher_topk
+from hass_sglang.tree import TreeShape
+
+
+# Validation tau runs the reference decoder with a 16-token tree (the CPU setting, cheap per epoch).
+VALIDATION_TREE = TreeShape(4, 4, 16)
 
 
 class TrainConfig(BaseModel):
@@ -45,8 +49,8 @@ class TrainConfig(BaseModel):
     head: Literal["eagle", "mtp"] = "eagle"
     objective: Literal["eagle2", "hass"] = "hass"
     align_steps: int = 3  # HASS aligning steps n (eagle2 always uses 1)
-    topk: int = 10  # HASS K
-    topk_weight: float = 1.0  # HASS w
+    distill_topk: int = 10  # HASS K (top-K distillation; not the draft tree's top-k)
+    distill_weight: float = 1.0  # HASS w (weight of the top-K distillation loss)
     ce_weight: float = 0.1  # EAGLE's classification weight
     regression_weight: float = 1.0
     draft_vocab: int | None = None  # reduced draft vocabulary: the most frequent target next tokens
@@ -63,8 +67,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.align_steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.topk < 1:
-            raise ValueError("align_steps, epochs, batch_size and topk must be >= 1")
+        if self.align_steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.distill_topk < 1:
+            raise ValueError("align_steps, epochs, batch_size and distill_topk must be >= 1")
         if self.draft_vocab is not None and self.draft_vocab < 2:
             raise ValueError("draft_vocab must be >= 2")
         return self
@@ -145,7 +149,7 @@ def batch_loss(head, embed, draft_lm_weight, batch, cfg: TrainConfig) -> tuple[t
         parts = step_losses(out, feats, batch["teacher_p"], batch["teacher_idx"], draft_lm_weight, w, cfg.objective == "hass")
         loss = cfg.regression_weight * parts["regression"] + cfg.ce_weight * parts["ce"]
         if "topk" in parts:
-            loss = loss + cfg.topk_weight * parts["topk"]
+            loss = loss + cfg.distill_weight * parts["topk"]
         total = total + loss
         for k, v in parts.items():
             metrics[f"step{j}/{k}"] = float(v.detach())
@@ -177,10 +181,10 @@ def validation_tau(target, head, prompts: int, max_new_tokens: int) -> float:
     on the first question of each eval set in turn: what training is for, logged per epoch."""
     from hass_sglang.eval_sets import EVAL_SETS
     from hass_sglang.evaluate import eval_prompts
-    from hass_sglang.speculative import SpeculativeDecoder, TreeConfig
+    from hass_sglang.speculative import SpeculativeDecoder
 
     chosen = [eval_prompts(target, [EVAL_SETS[i % len(EVAL_SETS)]], i // len(EVAL_SETS) + 1)[-1] for i in range(prompts)]
-    dec = SpeculativeDecoder(target, copy.deepcopy(head).eval(), TreeConfig(num_steps=4, topk=4, num_draft_tokens=16))
+    dec = SpeculativeDecoder(target, copy.deepcopy(head).eval(), VALIDATION_TREE)
     tokens = forwards = 0
     for _, _, ids in chosen:
         res = dec.generate(ids, max_new_tokens)
@@ -189,42 +193,20 @@ def validation_tau(target, head, prompts: int, max_new_tokens: int) -> float:
     return tokens / max(forwards, 1)
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(params, world: int) -> None:
-    """Data parallelism: the mean of the ranks' gradients (what DDP computes), one all_reduce each."""
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
-
-
 def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the exported draft folder."""
-    rank, world = _dist()
+    rank, world = rank_world()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
-    cfg_file = out / "train_config.json"
-    if cfg_file.is_file() and json.loads(cfg_file.read_text()) != cfg.model_dump(mode="json"):
-        raise HassError(f"{out} holds a run with a different config; use a new --out")
-    if world > 1:
-        dist.barrier()  # every rank checked the config before rank 0 writes it
+    settings = cfg.model_dump(mode="json")
+    claim_run_settings(out / "train_config.json", settings, HassError, write=False)
+    barrier()  # every rank checked the config before rank 0 writes it
     if rank == 0:
-        cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        claim_run_settings(out / "train_config.json", settings, HassError)
 
     lm_weight = target.lm_head.weight.detach().float()
-    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.topk)
+    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.distill_topk)
     if cfg.init_from:
         head = load_draft(cfg.init_from, target.config)
         if head.head_type != cfg.head:
@@ -235,9 +217,7 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         hot = None if cfg.draft_vocab is None else hot_vocabulary(samples, cfg.draft_vocab, target.eos_token_ids)
         head = init_for_training(build_head(cfg.head, target.config, hot_token_ids=hot, seed=cfg.seed))
     head.float().train()
-    if world > 1:  # identical starting weights whatever each rank's RNG did before
-        for p in head.parameters():
-            dist.broadcast(p.data, 0)
+    broadcast_parameters(head)  # identical starting weights whatever each rank's RNG did before
     embed = target.embed_tokens
     vocab_size = lm_weight.shape[0]
     if head.hot_token_ids is None:
@@ -277,8 +257,7 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
             loss, metrics = batch_loss(head, embed, draft_lm_weight, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
-                _average_gradients(head.parameters(), world)
+            average_gradients(head.parameters())
             torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
@@ -293,14 +272,13 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
             head.float().train()
         print(f"[train] epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in history[-1].items() if k == "loss" or k.endswith(("top1", "val_tau"))), flush=True)
-        _save_state(ckpt, {"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        save_torch_atomic(ckpt, {"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                            "epoch": epoch + 1, "history": history})
     seconds = time.perf_counter() - t_start
     export = out / "draft"
-    if world > 1:
-        dist.barrier()
-        if rank > 0:
-            return export
+    barrier()
+    if rank > 0:
+        return export
     save_draft(head.eval(), export, target.config, metadata={
         "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(samples),
         "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),

@@ -1,0 +1,93 @@
+"""Where the project keeps things, and how it writes them: atomically, so a kill never leaves half a file.
+
+Every artifact (converted models, drafts, feature shards, manifests, checkpoints, benchmark
+summaries) is written to a temporary sibling and renamed into place; a reader sees the old
+version or the new one, never a torn one. Resumable steps also record the settings they run
+with (`claim_run_settings`): a re-run with other settings into the same output is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def cache_dir() -> Path:
+    """Where converted models and drafts live; override with HASS_CACHE (read at call time)."""
+    return Path(os.environ.get("HASS_CACHE", Path.home() / ".cache" / "hass_sglang"))
+
+
+def models_cache_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def drafts_cache_dir() -> Path:
+    """Drafts converted or normalised at launch (`hass_sglang.serving.plan`)."""
+    return cache_dir() / "drafts"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_file_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` writes the file at a temporary sibling path, which then replaces `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
+    return write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent)))
+
+
+def save_torch_atomic(path: str | Path, obj) -> Path:
+    import torch
+
+    return write_file_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces `out_dir` whole (a failure removes it)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | Path):
+    """The JSON in `path`, or None when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def claim_run_settings(path: str | Path, settings: dict, error: Callable[[str], Exception], write: bool = True) -> None:
+    """The one resume rule: an output already holding other settings is refused (`error(message)`),
+    else the settings are recorded (unless `write` is False, e.g. on non-zero torchrun ranks)."""
+    path = Path(path)
+    old = read_json(path)
+    if old is not None and old != settings:
+        raise error(f"{path.parent} holds a run with a different config ({path.name} records different "
+                    "settings); use a new output or the same settings")
+    if write:
+        write_json_atomic(path, settings, indent=1)

@@ -1,0 +1,126 @@
+"""The one `python -m sglang.launch_server` command line of the project, and the one way to run it.
+
+`ServerSpec` says what to serve (target, draft, device, host, port, tree, extra flags);
+`ServerSpec.argv()` builds the command (pure) and `ServerSpec.env()` its environment;
+`running_server(spec)` starts it in its own process group, waits until `/health_generate`
+answers, yields the base URL and kills the whole group afterwards. `hass serve`, `hass bench
+--launch`, the benchmark scripts and the tests all go through these.
+
+On a CPU host (`device="cpu"`) the command adds what the project's CPU backend needs
+(docs/sglang-cpu.md): `--device cpu --dtype float32`, a small KV reservation, no warm-up request,
+`SGLANG_USE_CPU_ENGINE=1` and one OpenMP thread unless OMP_NUM_THREADS is set; the draft tree
+defaults to `CPU_TREE`. Elsewhere the HASS tree comes from the plugin (the paper's 6/10/60)
+unless `tree` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from hass_sglang.errors import ServerStartError
+from hass_sglang.serving.plan import HASS_ALGORITHM
+from hass_sglang.tree import CPU_TREE, TreeShape
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    model: str  # a local HF folder (hass_sglang.target.resolve_target) or anything SGLang loads
+    draft: str | None = None  # draft folder: `--speculative-algorithm HASS`; None: plain decoding
+    device: str = "cuda"  # "cpu": the project's CPU backend; "cuda": SGLang's default; else --device DEVICE
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, chosen by `with_port`
+    tree: TreeShape | None = None  # None: CPU_TREE on CPU, the plugin's HASS defaults elsewhere
+    extra: tuple[str, ...] = ()  # more launch_server flags, appended last (the last value wins)
+    cpu_max_total_tokens: int = 16384  # KV reservation of a CPU server
+
+    @property
+    def cpu(self) -> bool:
+        return self.device == "cpu"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def with_port(self) -> "ServerSpec":
+        return self if self.port else dataclasses.replace(self, port=free_port())
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model]
+        if self.cpu:
+            argv += ["--device", "cpu", "--dtype", "float32", "--max-total-tokens", str(self.cpu_max_total_tokens)]
+        argv += ["--host", self.host, "--port", str(self.port)]
+        if self.cpu:
+            argv.append("--skip-server-warmup")
+        elif self.device != "cuda":
+            argv += ["--device", self.device]
+        if self.draft is not None:
+            tree = self.tree or (CPU_TREE if self.cpu else None)
+            argv += ["--speculative-algorithm", HASS_ALGORITHM, "--speculative-draft-model-path", str(self.draft),
+                     *(tree.sglang_flags() if tree else ())]
+        return argv + list(self.extra)
+
+    def env(self, base: dict | None = None) -> dict:
+        env = dict(os.environ if base is None else base)
+        if self.cpu:
+            env.update(SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+        return env
+
+    def env_prefix(self) -> str:
+        """The environment settings the command needs, shell style (for printing the command)."""
+        env = self.env()
+        return " ".join(f"{k}={env[k]}" for k in ("SGLANG_USE_CPU_ENGINE", "OMP_NUM_THREADS") if self.cpu and k in env)
+
+
+@contextlib.contextmanager
+def running_server(spec: ServerSpec, log_path: str | Path | None = None, timeout_s: float = 300,
+                   log_to_console: bool = False) -> Iterator[str]:
+    """Run the server in its own process group until /health_generate answers; yield its URL; kill
+    the whole group afterwards (an idle SGLang scheduler keeps a core busy)."""
+    spec = spec.with_port()
+    where = log_path or "console"
+    log = None if log_to_console else open(log_path or os.devnull, "w")
+    proc = subprocess.Popen(spec.argv(), env=spec.env(), stdout=log, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ServerStartError(f"sglang server exited with {proc.returncode}; log: {where}")
+            try:
+                with urllib.request.urlopen(spec.url + "/health_generate", timeout=120) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise ServerStartError(f"sglang server not ready after {timeout_s}s; log: {where}")
+            time.sleep(2)
+        yield spec.url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log is not None:
+            log.close()
