@@ -73,3 +73,25 @@ def test_readme_main_command_serves_hass_through_sglang_and_answers_a_chat_reque
     assert "smollm2-135m-hass-eagle" in r.stdout
     assert "Paris" in r.stdout.split("assistant:", 1)[1]
     assert "accept length" in r.stdout
+
+
+def test_bench_is_a_subcommand_of_hass():
+    r = run("--help")
+    assert r.returncode == 0 and "bench" in r.stdout and "serving benchmarks" in r.stdout
+    r = run("bench", "--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("run", "report", "compare"))
+    r = run("bench", "report", "/nonexistent/run")  # the shared handler: a named error, exit 2
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "no manifest.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_server_that_fails_to_start_is_an_error_not_a_traceback(tmp_path):
+    """`hass serve --ask` with a model folder SGLang cannot load: the server exits, `hass` says so."""
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    r = subprocess.run([*HASS, "serve", "--vanilla", "--target", str(model), "--ask", "hi", "--timeout", "300",
+                        "--log", str(tmp_path / "server.log")], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: sglang server exited with" in r.stderr and str(tmp_path / "server.log") in r.stderr
+    assert "Traceback" not in r.stderr

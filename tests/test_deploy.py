@@ -291,9 +291,71 @@ def test_leaderworkerset_wires_sglang_multi_node_to_lws():
         assert volumes[shm]["emptyDir"]["medium"] == "Memory"
         assert any("persistentVolumeClaim" in v for v in volumes.values())
         assert pod["terminationGracePeriodSeconds"] >= 60 and "preStop" in c["lifecycle"]
-    leader = lwt["leaderTemplate"]["spec"]["containers"][0]
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert leader[probe]["httpGet"]["path"] == "/health"
+    # Node rank 1 serves /health on --port once its schedulers are ready (SGLang 0.5.23,
+    # launch_dummy_health_check_server for node_rank >= 1): both pods carry the probes.
+    for role in ("leaderTemplate", "workerTemplate"):
+        c = lwt[role]["spec"]["containers"][0]
+        port = int(extract_from_manifest_doc(lws, role)[0].flag("--port"))
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert c[probe]["httpGet"]["path"] == "/health" and c[probe]["httpGet"]["port"] == port, (role, probe)
+
+
+def test_no_service_takes_the_name_of_a_leaderworkerset():
+    """The LWS controller creates a headless Service named like the LWS; LWS_LEADER_ADDRESS
+    (`<lws>-<group>.<lws>.<namespace>`) resolves through it. A Service of ours with that name
+    would shadow it (whichever is created first wins)."""
+    objects = [doc for _, doc in _kubernetes_objects()]
+    lws_names = {d["metadata"]["name"] for d in objects if d["kind"] == "LeaderWorkerSet"}
+    services = {d["metadata"]["name"] for d in objects if d["kind"] == "Service"}
+    assert lws_names and not lws_names & services
+    # ...and the leader is still reachable through a Service that selects it
+    [lws] = _lws_docs()
+    leader_labels = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+    selectors = [d["spec"]["selector"] for d in objects if d["kind"] == "Service"]
+    assert any(sel.items() <= leader_labels.items() and sel.get("role") == "leader" for sel in selectors)
+
+
+GPU_IMAGE_USER = 10001  # docker/Dockerfile.gpu: USER 10001
+
+
+def _pod_specs():
+    """(where, pod spec) of every pod a manifest creates: Pods, workload templates, LWS templates."""
+    for f, doc in _kubernetes_objects():
+        name = f"{f.name}:{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "Pod":
+            yield name, doc["spec"]
+        elif doc["kind"] == "LeaderWorkerSet":
+            for role in ("leaderTemplate", "workerTemplate"):
+                yield f"{name}.{role}", doc["spec"]["leaderWorkerTemplate"][role]["spec"]
+        elif "template" in doc.get("spec", {}):
+            yield name, doc["spec"]["template"]["spec"]
+
+
+def test_pods_that_write_a_volume_can_write_it():
+    """A non-root container writing a PersistentVolumeClaim needs the volume's group (fsGroup): a
+    fresh volume is root-owned. And the model volume has a long-lived writable pod to copy the
+    HASS draft into (`kubectl cp`), since the serving pods mount it read-only."""
+    writers = {}
+    for where, pod in _pod_specs():
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []
+                  if "persistentVolumeClaim" in v}
+        for c in pod["containers"] + pod.get("initContainers", []):
+            for m in c.get("volumeMounts") or []:
+                if m["name"] not in claims or m.get("readOnly"):
+                    continue
+                uid = (c.get("securityContext") or {}).get("runAsUser",
+                                                           (pod.get("securityContext") or {}).get("runAsUser"))
+                if uid == 0:
+                    continue
+                assert (pod.get("securityContext") or {}).get("fsGroup") is not None, \
+                    f"{where}: container {c['name']} writes {claims[m['name']]} as a non-root user without fsGroup"
+                if "hass-sglang-gpu" in c["image"]:
+                    assert uid in (None, GPU_IMAGE_USER) and pod["securityContext"]["fsGroup"] == GPU_IMAGE_USER
+                writers.setdefault(claims[m["name"]], []).append(where)
+    shells = [w for w in writers.get("deepseek-r1-models", []) if ":Pod/" in w]
+    assert shells, "no pod mounts the DeepSeek model volume writable for copying the draft"
+    runbook = (ROOT / "deploy" / "RUNBOOK.md").read_text()
+    assert f"kubectl -n hass cp ./deepseek-r1-hass-mtp {shells[0].split(':Pod/')[1]}:/models/drafts/" in runbook
 
 
 def extract_from_manifest_doc(doc, role):

@@ -109,6 +109,9 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
             out["t1"] = _t1_samples(url, target.chat_prompt_ids(T1_PROMPT))
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
+        # The plugin is installed for every server on the host; only HASS servers check model names.
+        out["unknown model"] = _post(url, "/v1/chat/completions", {
+            "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
     out["log"] = Path(log_path).read_text()
     return out
 
@@ -215,6 +218,12 @@ def test_t1_is_verified_by_project_specinfer_and_distributed_like_plain_sglang(v
     assert _chi2_same_distribution([o[1] for o in plain], greedy) < 1e-6 or len({o[1] for o in plain}) == 1
 
 
+def test_plain_servers_keep_sglangs_behaviour_for_model_names(vanilla):
+    """A plugin must not change plain SGLang: without HASS an unknown model name is answered."""
+    status, body = vanilla["unknown model"]
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("length", "stop")
+
+
 def test_bad_http_input_gets_4xx_or_a_clean_stop_and_the_server_keeps_serving(hass):
     bad = hass["bad"]
     status, body = bad["malformed JSON"]
@@ -224,6 +233,7 @@ def test_bad_http_input_gets_4xx_or_a_clean_stop_and_the_server_keeps_serving(ha
         assert status == want, (name, status, body)
         assert body.get("message"), (name, body)
     assert "does not exist" in bad["unknown model"][1]["message"]
+    assert hass["unknown model"][0] == 400
     assert "context length" in bad["max_tokens over the context"][1]["message"]
     status, body = bad["max_tokens = 0"]  # a clean stop: nothing generated, finish_reason "length"
     assert status == 200 and body["choices"][0]["message"]["content"] == ""

@@ -375,6 +375,29 @@ def test_unknown_model_names_are_named_in_an_error_and_served_names_pass():
     assert "gpt-4o" in msg and served in msg and "does not exist" in msg
 
 
+def test_only_hass_servers_refuse_unknown_model_names(monkeypatch):
+    """The hook is installed in every SGLang process of the host; plain servers keep SGLang's behaviour."""
+    from types import SimpleNamespace
+
+    from hass_sglang.serving.request_checks import around_validate_request
+
+    def serving(algorithm):
+        manager = SimpleNamespace(server_args=SimpleNamespace(speculative_algorithm=algorithm),
+                                  served_model_name="/models/m")
+        return SimpleNamespace(tokenizer_manager=manager)
+
+    def valid(self, request):  # SGLang's own check found nothing wrong
+        return None
+
+    unknown = SimpleNamespace(model="gpt-4o")
+    assert "does not exist" in around_validate_request(valid, serving("hass"), unknown)
+    assert around_validate_request(valid, serving(None), unknown) is None
+    assert around_validate_request(valid, serving("EAGLE"), unknown) is None
+    assert around_validate_request(lambda self, r: "SGLang's own error", serving("HASS"), unknown) == "SGLang's own error"
+    monkeypatch.setenv("HASS_ACCEPT_ANY_MODEL_NAME", "1")
+    assert around_validate_request(valid, serving("HASS"), unknown) is None
+
+
 def test_request_check_hooks_target_sglang_methods_that_exist():
     """The hook targets resolve in the installed SGLang (a renamed method would silently skip the check)."""
     import pkgutil

@@ -152,6 +152,8 @@ SYMBOLS: tuple[Symbol, ...] = (
            params=("self", "request"), why="AROUND hook: unknown model names -> 400 (serving/request_checks.py)"),
     Symbol(path="sglang.srt.entrypoints.openai.serving_completions:OpenAIServingCompletion._validate_request",
            params=("self", "request"), why="AROUND hook: unknown model names -> 400 (serving/request_checks.py)"),
+    Symbol(path="sglang.srt.managers.tokenizer_manager:TokenizerManager.__init__", params=("self", "server_args"),
+           why="request checks read the raw --speculative-algorithm from tokenizer_manager.server_args"),
     Symbol(path="sglang.srt.entrypoints.openai.serving_base:OpenAIServingBase.handle_request",
            why="turns a _validate_request message into a 400 error response"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",
