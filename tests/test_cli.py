@@ -95,3 +95,20 @@ def test_a_server_that_fails_to_start_is_an_error_not_a_traceback(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error: sglang server exited with" in r.stderr and str(tmp_path / "server.log") in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_check_draft_and_convert_read_the_targets_config_only(tmp_path, target):
+    """A 70B or 671B target cannot be loaded to check a draft: a folder with only config.json must do."""
+    config_only = tmp_path / "target-config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((target.path / "config.json").read_text())
+    r = run("check-draft", "smollm2-135m-hass-eagle", "--target", str(config_only))
+    assert r.returncode == 0 and "ok: eagle head" in r.stdout, r.stderr
+    assert "draft vocabulary full" not in r.stdout  # the shipped draft has a reduced vocabulary
+    r = run("convert", "smollm2-135m-hass-eagle", str(tmp_path / "full"), "--full-vocabulary",
+            "--target", str(config_only))
+    assert r.returncode == 0, r.stderr
+    r = run("check-draft", str(tmp_path / "full"), "--target", str(config_only))
+    assert r.returncode == 0 and "draft vocabulary full" in r.stdout, r.stderr
+    r = run("convert", "smollm2-135m-hass-eagle", str(tmp_path / "again"), "--target", str(config_only))
+    assert r.returncode == 2 and "nothing to convert" in r.stderr

@@ -165,9 +165,25 @@ def test_reference_release_is_converted_into_the_cache(target_dir, drafts, draft
 
 def test_spawned_child_resolves_hass_like_the_launcher(target_dir, drafts):
     """The scheduler is a spawned process: the entry point (not a launcher monkeypatch) must act there."""
-    got = run_spawned(_child_resolve, argv(target_dir, drafts["mtp"], "hass"))
+    got = run_spawned(_child_resolve, argv(target_dir, drafts["eagle"], "hass"))
     assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "hass"
     assert {k: got[k] for k in HASS_TREE} == HASS_TREE
+
+
+SGLANG_LLAMA_TREE = (5, 4, 8)  # SGLang 0.5.23's own default for Llama targets (_auto_choose_speculative_params)
+
+
+def _tree(got):
+    return got["speculative_num_steps"], got["speculative_eagle_topk"], got["speculative_num_draft_tokens"]
+
+
+def test_mtp_heads_keep_sglangs_own_tree_unless_flags_are_given(target_dir, drafts):
+    """The paper's 6/10/60 is an EAGLE-2 setting; MTP drafts get what SGLang picks for them."""
+    got = resolve(argv(target_dir, drafts["mtp"]))
+    assert got["speculative_algorithm"] == "EAGLE" and _tree(got) == SGLANG_LLAMA_TREE
+    assert _tree(resolve(argv(target_dir, drafts["mtp"], "HASS", "--speculative-num-steps", "2"))) == (2, 1, 3)
+    assert _tree(resolve(argv(target_dir, drafts["mtp"], "HASS", "--speculative-num-steps", "4",
+                              "--speculative-eagle-topk", "2", "--speculative-num-draft-tokens", "6"))) == (4, 2, 6)
 
 
 @pytest.mark.parametrize("kind,arch,cls", [
@@ -242,7 +258,7 @@ def test_mismatched_drafts_are_refused_with_the_mismatch_named(tmp_path, target,
 def test_unusable_requests_are_refused(tmp_path, target_dir):
     with pytest.raises(HassError, match="needs --speculative-draft-model-path"):
         plan_launch(LaunchRequest(target_path=target_dir))
-    with pytest.raises(HassError, match="not a local folder with config.json"):
+    with pytest.raises(HassError, match=r"draft folder '.*nope' not found \(shipped drafts: "):
         plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(tmp_path / "nope")))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
@@ -306,11 +322,17 @@ def test_llama_nextn_maps_every_checkpoint_tensor_to_sglang_parameters(tmp_path,
 
 
 def test_register_is_idempotent_and_cheap_to_import():
+    """No SGLang import at import time, no CUDA, and SGLang's model registry (whose import imports
+    every SGLang model) left to SGLang: it imports it only where models are built, and the plugin
+    registers the Llama MTP class right after that import, not in every process."""
     code = (
         "import sys, hass_sglang.serving.plugin as p; "
         "assert not any(m == 'sglang' or m.startswith('sglang.') for m in sys.modules), 'sglang imported at import'; "
         "p.register(); p.register(); "
         "import torch; assert not torch.cuda.is_initialized(); "
+        "from sglang.srt.plugins import load_plugins; load_plugins(); "
+        "assert 'sglang.srt.models.registry' not in sys.modules, 'registry imported by the plugin'; "
+        "assert not any(m.startswith('hass_sglang.serving.models') for m in sys.modules); "
         "from sglang.srt.models.registry import ModelRegistry; "
         "print(ModelRegistry.resolve_model_cls(['LlamaForCausalLMNextN'])[0].__module__)"
     )
@@ -334,9 +356,10 @@ def test_older_reduced_vocabulary_export_is_normalised_into_the_cache(tmp_path, 
         plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder), token_map="/x/map.pt"))
 
 
-def test_deepseek_target_without_draft_uses_sglangs_nextn(tmp_path):
+def test_deepseek_target_without_draft_uses_sglangs_nextn_and_its_tree(tmp_path):
     """DeepSeek checkpoints carry their MTP layer: SGLang points the draft at the target and loads its
-    own DeepseekV3ForCausalLMNextN; the plan only supplies the HASS tree."""
+    own DeepseekV3ForCausalLMNextN, with its own MTP tree (a 3-step chain), not the EAGLE paper tree:
+    on SM100 (trtllm_mla) SGLang rejects top-k > 1, and at TP 16 a 60-token verify is mostly waste."""
     folder = tmp_path / "dsv3"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
@@ -345,8 +368,12 @@ def test_deepseek_target_without_draft_uses_sglangs_nextn(tmp_path):
     }))
     plan = plan_launch(LaunchRequest(target_path=str(folder)))
     assert (plan.head_kind, plan.draft_format, plan.speculative_draft_model_path) == ("mtp", "sglang-mtp", None)
-    assert "speculative_draft_model_path" not in plan.server_args_fields()
-    assert (plan.speculative_num_steps, plan.speculative_eagle_topk, plan.speculative_num_draft_tokens) == (6, 10, 60)
+    assert set(plan.server_args_fields()) == {"speculative_algorithm"}  # SGLang decides the rest
+    got = resolve(["--model-path", str(folder), "--speculative-algorithm", "HASS", "--device", "cpu"])
+    assert got["speculative_algorithm"] == "EAGLE" and _tree(got) == (3, 1, 4)
+    got = resolve(["--model-path", str(folder), "--speculative-algorithm", "HASS", "--device", "cpu",
+                   "--speculative-num-steps", "2"])
+    assert _tree(got) == (2, 1, 3)
 
 
 def test_engine_style_server_args_resolve_too(target_dir, drafts):
@@ -358,7 +385,7 @@ def test_engine_style_server_args_resolve_too(target_dir, drafts):
 
     load_plugins()
     server_args = ServerArgs(model_path=target_dir, speculative_algorithm="Hass",
-                             speculative_draft_model_path=drafts["mtp"], device="cpu")
+                             speculative_draft_model_path=drafts["eagle"], device="cpu")
     server_args.resolve_once()
     got = resolved_speculative_args(server_args)
     assert got["speculative_algorithm"] == "EAGLE" and got["requested_algorithm"] == "Hass"
@@ -407,3 +434,133 @@ def test_request_check_hooks_target_sglang_methods_that_exist():
     for target in (CHAT_TARGET, COMPLETION_TARGET):
         owner, attr = target.rsplit(".", 1)
         assert callable(getattr(pkgutil.resolve_name(owner), attr)), target
+
+
+# --- first contact with a GPU host (issue 14) ------------------------------------------------------
+
+
+def _model_configs(args):
+    """SGLang's own ModelConfigs of target and draft, from resolved ServerArgs (what the scheduler builds)."""
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+
+    load_plugins()
+    server_args = prepare_server_args(args)
+    server_args.resolve_once()
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    draft = resolving_view(server_args).speculative_draft_model_path
+    return (ModelConfig.from_server_args(server_args),
+            ModelConfig.from_server_args(server_args, model_path=draft, is_draft_model=True))
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-hass-eagle", "smollm2-135m-mtp", "exported"])
+def test_target_and_draft_get_one_dtype_from_sglangs_own_resolution(target_dir, drafts, name, tmp_path):
+    """With --dtype auto (SGLang's default) an fp32 config resolves to fp16 and a bf16 one to bf16
+    (model_config._get_and_verify_dtype): the embedded target (fp32) and the shipped drafts (bf16)
+    would run in different dtypes, and the draft's first forward would fail on a GPU."""
+    from hass_sglang.drafts import SHIPPED_DIR
+    from hass_sglang.serving.plugin import sglang_dtype
+
+    folder = drafts["eagle"] if name == "exported" else str(SHIPPED_DIR / name)
+    draft_config = json.loads(open(f"{folder}/config.json").read())
+    target_config = json.loads(open(f"{target_dir}/config.json").read())
+    if name != "exported":  # the mismatch the plan has to fix is real
+        assert sglang_dtype(target_config, "auto") != sglang_dtype(draft_config, "auto")
+    target, draft = _model_configs(argv(target_dir, folder))
+    assert target.dtype == draft.dtype
+    # an explicit --dtype applies to both models: nothing to align
+    target, draft = _model_configs(argv(target_dir, folder, "HASS", "--dtype", "bfloat16"))
+    assert target.dtype == draft.dtype == torch.bfloat16
+
+
+def test_drafts_are_written_in_the_targets_dtype(tmp_path, target, target_dir):
+    from hass_sglang.checkpoint import config_dtype
+    from hass_sglang.serving.plugin import sglang_dtype
+
+    bf16_target = target.config.to_dict() | {"dtype": "bfloat16"}
+    cfg = type(target.config).from_dict(bf16_target)
+    folder = save_draft(build_head("eagle", cfg, seed=0), tmp_path / "d", cfg)
+    written = json.loads((folder / "config.json").read_text())
+    assert config_dtype(written) == torch.bfloat16
+    assert {t.dtype for t in load_file(str(folder / "model.safetensors")).values()} == {torch.bfloat16}
+    assert sglang_dtype(written, "auto") == sglang_dtype(bf16_target, "auto") == "bfloat16"
+
+
+def test_public_sglang_eagle_layout_with_embedding_and_head_is_accepted(tmp_path, target, target_dir):
+    """lmsys/sglang-EAGLE-* style: `embed_tokens.weight`, `lm_head.weight` and rotary buffers beside
+    the EAGLE layer. SGLang's loader replaces or skips them; we check their shapes and drop them."""
+    cfg = target.config
+    folder = save_draft(build_head("eagle", cfg, seed=0), tmp_path / "public", cfg)
+    v, h = cfg.vocab_size, cfg.hidden_size
+    _edit_weights(folder, add={"embed_tokens.weight": torch.zeros(v, h), "lm_head.weight": torch.zeros(v, h),
+                               "layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(32)})
+    plan = plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder)))
+    assert plan.speculative_draft_model_path == str(folder) and plan.converted_from is None
+    _edit_weights(folder, add={"embed_tokens.weight": torch.zeros(v - 1, h)})  # another target's embedding
+    with pytest.raises(CheckpointMismatchError, match=r"embed_tokens.weight \(49151, 576\) != \(49152, 576\)"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(folder)))
+
+
+def _hub_cache(root, repo_id, folder):
+    """The local layout huggingface_hub reads offline: models--org--name/{refs/main, snapshots/<sha>/...}."""
+    import shutil
+
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    return repo / "snapshots" / sha
+
+
+def test_hub_ids_resolve_through_the_hub_cache_offline(tmp_path, target_dir, drafts):
+    """Stock SGLang downloads a hub draft; the plan resolves it the same way (huggingface_hub, here
+    offline from a local cache) and checks it like any other draft."""
+    snapshot = _hub_cache(tmp_path / "hub", "someone/hass-draft", drafts["eagle_hot"])
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HASS_CACHE": str(tmp_path / "cache")}
+    code = ("import json, sys; from hass_sglang.serving.plugin import resolve_launch_flags; "
+            "print(json.dumps(resolve_launch_flags(sys.argv[1:])))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv(target_dir, "someone/hass-draft")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["speculative_draft_model_path"] == str(snapshot)
+    assert got["speculative_token_map"] == str(snapshot / "hot_token_map.pt")
+    proc = subprocess.run([sys.executable, "-c", code, *argv(target_dir, "someone/missing-draft")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and "could not fetch 'someone/missing-draft' from the hub" in proc.stderr
+
+
+def test_reduced_vocabulary_under_tensor_parallelism_is_refused_with_the_reason(target, target_dir, drafts, tmp_path):
+    """SGLang 0.5.23's EAGLE worker does `head.data[hot_token_id]` on the target's lm_head, which under TP
+    is this rank's vocabulary-parallel shard: shown here with SGLang's own shard layout."""
+    from sglang.srt.layers.vocab_parallel_embedding import pad_vocab_size, vocab_range_from_global_vocab_size
+
+    from hass_sglang.checkpoint import convert_draft
+    from hass_sglang.drafts import SHIPPED_DIR
+
+    hot = torch.tensor(torch.load(SHIPPED_DIR / "smollm2-135m-hass-eagle" / "hot_token_map.pt", weights_only=True))
+    vocab, tp = target.config.vocab_size, 2
+    full_head = target.lm_head.weight.detach()
+    for rank in range(tp):
+        lo, hi = vocab_range_from_global_vocab_size(pad_vocab_size(vocab), rank, tp)
+        shard = full_head[lo:hi]  # what get_embed_and_head() returns on this rank
+        if int(hot.max()) >= shard.shape[0]:
+            with pytest.raises(IndexError):
+                shard[hot]  # ids past the shard: the CUDA kernel would assert
+        inside = hot[hot < shard.shape[0]]
+        wrong = inside[(inside < lo) | (inside >= hi)]  # rows of other tokens
+        if rank > 0:
+            assert wrong.numel() > 0 and not torch.equal(shard[wrong], full_head[wrong])
+    with pytest.raises(HassError, match="cannot serve with --tp-size 2.*--full-vocabulary"):
+        plan_launch(LaunchRequest(target_path=target_dir, draft_path=drafts["eagle_hot"], tp_size=2))
+    plan_launch(LaunchRequest(target_path=target_dir, draft_path=drafts["eagle_hot"], tp_size=1))
+    full = convert_draft(drafts["eagle_hot"], tmp_path / "full", target.config, full_vocabulary=True)
+    plan = plan_launch(LaunchRequest(target_path=target_dir, draft_path=str(full), tp_size=2))
+    assert plan.speculative_token_map is None
+    got = resolve(argv(target_dir, drafts["eagle_hot"], "HASS", "--tp-size", "1"))
+    assert got["speculative_token_map"]
+

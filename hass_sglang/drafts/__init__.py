@@ -8,6 +8,8 @@ Every command that takes a draft (`hass generate --draft`, `hass serve --draft`,
     random        a randomly initialised head (tau ~1: the cost of speculation without its benefit)
     <name>        a shipped draft: one of the folders beside this file (docs/drafts.md)
     <folder>      any draft folder (SGLang EAGLE / NextN layout or a HASS reference release)
+    <owner/name>  a hub repository holding one, fetched with huggingface_hub (its cache, so
+                  HF_HUB_OFFLINE=1 works once it is there), as stock SGLang fetches drafts
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from hass_sglang.errors import ModelNotFoundError
+from hass_sglang.io import hub_snapshot, is_hub_id
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 DEFAULT_DRAFT = "smollm2-135m-hass-eagle"
 NO_DRAFT = ("none", "vanilla", "")
+DRAFT_FILES = ["*.json", "*.safetensors", "*.bin", "*.pt"]  # config, weights, hot_token_map.pt
 
 
 def shipped_drafts() -> list[str]:
@@ -70,7 +74,7 @@ class DraftChoice:
 
 
 def resolve_draft(spec: str | Path | None) -> DraftChoice:
-    """auto | none | random | <shipped name> | <folder> -> DraftChoice (None means auto)."""
+    """auto | none | random | <shipped name> | <folder> | <hub id> -> DraftChoice (None means auto)."""
     text = "auto" if spec is None else str(spec).strip()
     if text.lower() in NO_DRAFT:
         return DraftChoice("none")
@@ -86,7 +90,9 @@ def resolve_draft(spec: str | Path | None) -> DraftChoice:
     path = Path(text).expanduser()
     if not path.is_dir() and (SHIPPED_DIR / text / "config.json").is_file():
         path = SHIPPED_DIR / text
+    if not path.is_dir() and not path.exists() and is_hub_id(text):
+        path = hub_snapshot(text, DRAFT_FILES, ModelNotFoundError)
     if not path.is_dir():
         raise ModelNotFoundError(f"draft folder {text!r} not found (shipped drafts: {shipped_drafts()}; "
-                                 "or auto, none, random)")
+                                 "or a hub id, auto, none, random)")
     return DraftChoice("folder", path.resolve())

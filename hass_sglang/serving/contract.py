@@ -34,8 +34,8 @@ class Symbol(BaseModel):
     fields: tuple[str, ...] | None = None  # msgspec Struct fields that must exist (ServerArgs)
 
 
-# the fields the plan reads (model_path) and declares; one list, shared with the plugin
-_TREE_FIELDS = ("model_path", *SPECULATIVE_FIELDS)
+# the fields the plan reads and declares; one list, shared with the plugin
+_PLAN_FIELDS = ("model_path", "dtype", "tp_size", *SPECULATIVE_FIELDS)
 
 SYMBOLS: tuple[Symbol, ...] = (
     # Plugin loading (every process SGLang starts calls load_plugins).
@@ -55,7 +55,16 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="reads the arguments as resolved so far"),
     Symbol(path="sglang.srt.arg_groups.overrides:resolution_result", params=("server_args", "field"),
            why="how SGLang (and our tests) read a resolved field"),
-    Symbol(path="sglang.srt.server_args:ServerArgs", fields=_TREE_FIELDS, why="fields the plan reads and declares"),
+    Symbol(path="sglang.srt.server_args:ServerArgs", fields=_PLAN_FIELDS, why="fields the plan reads and declares"),
+    Symbol(path="sglang.srt.configs.model_config:_get_and_verify_dtype", params=("config", "dtype"),
+           why="how ModelConfig resolves --dtype (auto: an fp32 config becomes fp16) for target and draft"),
+    Symbol(path="sglang.srt.configs.model_config:ModelConfig.from_server_args",
+           params=("server_args", "model_path", "model_revision", "is_draft_model"),
+           why="target and draft ModelConfigs share server_args.dtype (the plan aligns their dtypes)"),
+    Symbol(path="sglang.srt.speculative.eagle_worker_v2:EagleDraftWorker.init_lm_head",
+           why="slices the target lm_head by global hot ids (why a token map is refused with --tp-size > 1)"),
+    Symbol(path="sglang.srt.models.registry:import_model_classes", params=("package_name", "strict"),
+           why="importing the registry module imports every SGLang model: the plugin registers after it"),
     Symbol(path="sglang.srt.server_args:ServerArgs.resolve_once", params=("self",), why="runs the resolution pipeline"),
     Symbol(path="sglang.srt.server_args:prepare_server_args", params=("argv",), why="CLI -> ServerArgs (launcher)"),
     Symbol(path="sglang.srt.runtime_context:publish", params=("server_args",),

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from hass_sglang.errors import CheckpointMismatchError, HassError, ModelNotFoundError
 from hass_sglang.io import drafts_cache_dir
-from hass_sglang.tree import PAPER_TREE, TreeShape
+from hass_sglang.tree import MTP_TREE, PAPER_TREE, TreeShape
 
 HASS_ALGORITHM = "HASS"
 # SGLang's algorithm for both head kinds: EAGLE-2 heads and NextN/MTP heads share its worker.
@@ -48,10 +48,13 @@ class LaunchRequest(BaseModel):
     eagle_topk: int | None = None
     num_draft_tokens: int | None = None
     token_map: str | None = None
+    dtype: str = "auto"  # --dtype, as given
+    tp_size: int = 1  # --tp-size
 
 
 class LaunchPlan(BaseModel):
-    """ServerArgs fields to declare (SGLang names) plus what was decided, for logs and tests."""
+    """ServerArgs fields to declare (SGLang names) plus what was decided, for logs and tests.
+    A field left None is not declared: SGLang decides it (its tree defaults for MTP heads)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,34 +62,34 @@ class LaunchPlan(BaseModel):
     draft_format: Literal["eagle", "mtp", "reference", "sglang-mtp"]
     speculative_algorithm: Literal["EAGLE"] = SGLANG_ALGORITHM
     speculative_draft_model_path: str | None
-    speculative_num_steps: int
-    speculative_eagle_topk: int
-    speculative_num_draft_tokens: int
+    speculative_num_steps: int | None = None
+    speculative_eagle_topk: int | None = None
+    speculative_num_draft_tokens: int | None = None
     speculative_token_map: str | None = None
+    dtype: str | None = None  # declared when --dtype auto would give target and draft different dtypes
     converted_from: str | None = None
 
     def server_args_fields(self) -> dict:
-        fields = {
-            "speculative_algorithm": self.speculative_algorithm,
-            "speculative_num_steps": self.speculative_num_steps,
-            "speculative_eagle_topk": self.speculative_eagle_topk,
-            "speculative_num_draft_tokens": self.speculative_num_draft_tokens,
-        }
-        if self.speculative_draft_model_path is not None:
-            fields["speculative_draft_model_path"] = self.speculative_draft_model_path
-        if self.speculative_token_map is not None:
-            fields["speculative_token_map"] = self.speculative_token_map
+        fields = {"speculative_algorithm": self.speculative_algorithm}
+        for name in ("speculative_num_steps", "speculative_eagle_topk", "speculative_num_draft_tokens",
+                     "speculative_draft_model_path", "speculative_token_map", "dtype"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
         return fields
 
 
-def read_target_config(target_path: str):
-    """The target's transformers config (a local HF folder or whatever AutoConfig resolves)."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(target_path)
-    except Exception as exc:  # AutoConfig raises OSError / ValueError / EnvironmentError variants
-        raise ModelNotFoundError(f"cannot read the target's config.json from {target_path!r}: {exc}") from exc
+def tree_fields(req: LaunchRequest, head_kind: str) -> dict:
+    """The tree to declare: HASS's paper tree for the flags the user left out of an EAGLE head's
+    launch (a user's flag always wins). MTP heads are served with SGLang's own defaults
+    (speculative_hook._auto_choose_speculative_params: a 3-step chain for DeepSeek), unless the user
+    gives tree flags: those are completed from that chain. DeepSeek's trtllm_mla backend (SM100)
+    rejects top-k > 1, and a 60-token tree through a 671B MoE is mostly rejected work."""
+    given = (req.num_steps, req.eagle_topk, req.num_draft_tokens)
+    if head_kind == "mtp" and given == (None, None, None):
+        return {}
+    tree = TreeShape.from_flags(*given, PAPER_TREE if head_kind == "eagle" else MTP_TREE)
+    return {"speculative_num_steps": tree.num_steps, "speculative_eagle_topk": tree.topk,
+            "speculative_num_draft_tokens": tree.num_draft_tokens}
 
 
 def _fingerprint(folder: Path, target_config) -> str:
@@ -124,41 +127,56 @@ def _sglang_ready(config: dict) -> bool:
     return hot is None or config.get("hot_vocab_size") == hot
 
 
-def plan_launch(req: LaunchRequest) -> LaunchPlan:
-    """Validate the draft against the target and decide the SGLang arguments; raise on mismatch."""
-    from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, load_draft, save_draft
+def check_tensor_parallel_vocabulary(token_map: str | None, tp_size: int, draft) -> None:
+    """SGLang 0.5.23 cannot serve a reduced draft vocabulary with tensor parallelism: the EAGLE
+    worker (speculative/eagle_worker_v2.py, init_lm_head) slices the target's lm_head with the
+    *global* hot-token ids, `head.data[hot_token_id]`, while under TP that weight is this rank's
+    vocabulary-parallel shard (layers/vocab_parallel_embedding.py): ids beyond the shard fail, the
+    others pick rows of other tokens (tests/test_sglang_plugin.py shows it with SGLang's shard layout)."""
+    if token_map is not None and tp_size > 1:
+        raise HassError(
+            f"draft {draft} uses a reduced draft vocabulary ({token_map}), which SGLang 0.5.23 cannot "
+            f"serve with --tp-size {tp_size}: its EAGLE worker indexes the rank's vocabulary-parallel lm_head "
+            "shard with global token ids. Serve it with --tp-size 1, or write a full-vocabulary copy of the "
+            f"draft and serve that: hass convert {draft} <out-folder> --full-vocabulary"
+        )
 
-    target_config = read_target_config(req.target_path)
-    # HASS's paper tree for the flags the user left out; a user's flag always wins.
-    tree = TreeShape.from_flags(req.num_steps, req.eagle_topk, req.num_draft_tokens, PAPER_TREE)
-    steps, topk, tokens = tree.num_steps, tree.topk, tree.num_draft_tokens
+
+def plan_launch(req: LaunchRequest, resolve_dtype: Callable[[object], str] | None = None) -> LaunchPlan:
+    """Validate the draft against the target and decide the SGLang arguments; raise on mismatch.
+
+    resolve_dtype(config) -> dtype name: how SGLang resolves `req.dtype` for a model config
+    (the plugin passes SGLang's own rule); with `--dtype auto` target and draft may resolve to
+    different dtypes (an fp32 config becomes fp16), which the plan then aligns on the target's."""
+    from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, load_draft, save_draft
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.target import load_target_config
+
+    target_config = load_target_config(req.target_path)
     target_arch = (getattr(target_config, "architectures", None) or [""])[0]
 
     if req.draft_path is None:
         if target_arch in SGLANG_BUILTIN_MTP_TARGETS:
             # SGLang points the draft at the target checkpoint itself and loads its NextN layer.
-            return LaunchPlan(
-                head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=None,
-                speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
-            )
+            return LaunchPlan(head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=None,
+                              **tree_fields(req, "mtp"))
         raise HassError(
             "--speculative-algorithm HASS needs --speculative-draft-model-path (a HASS/EAGLE-2 head, an MTP "
             f"head, or a HASS reference release); target architecture {target_arch!r} has no built-in MTP layer"
         )
 
-    draft = Path(req.draft_path).expanduser()
-    if not (draft / "config.json").is_file():
+    choice = resolve_draft(req.draft_path)  # a folder, a shipped draft name or a hub id (downloaded)
+    if choice.kind != "folder" or not (choice.path / "config.json").is_file():
         raise ModelNotFoundError(
-            f"draft {req.draft_path!r} is not a local folder with config.json (HASS drafts are checked "
-            "against the target before serving; download hub drafts first)"
+            f"draft {req.draft_path!r} is not a folder with config.json, a shipped draft or a hub id "
+            "(HASS drafts are checked against the target before serving)"
         )
+    draft = choice.path
     config = json.loads((draft / "config.json").read_text())
     draft_arch = (config.get("architectures") or [""])[0]
     if target_arch in SGLANG_BUILTIN_MTP_TARGETS and draft_arch.startswith("Deepseek"):
-        return LaunchPlan(
-            head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=str(draft),
-            speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
-        )
+        return LaunchPlan(head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=str(draft),
+                          **tree_fields(req, "mtp"))
 
     fmt = detect_format(config)  # raises CheckpointMismatchError for anything else
     converted_from = None
@@ -180,9 +198,16 @@ def plan_launch(req: LaunchRequest) -> LaunchPlan:
                 f"draft {draft} has its own reduced vocabulary ({HOT_TOKEN_FILE}); drop --speculative-token-map"
             )
         token_map = str(draft / HOT_TOKEN_FILE)
+    check_tensor_parallel_vocabulary(token_map, req.tp_size, draft)
     head_kind = "mtp" if fmt == "mtp" else "eagle"
+    dtype = None
+    if resolve_dtype is not None and req.dtype == "auto":
+        draft_config = json.loads((draft / "config.json").read_text())
+        target_dtype, draft_dtype = resolve_dtype(target_config), resolve_dtype(draft_config)
+        if target_dtype != draft_dtype:
+            dtype = target_dtype  # one --dtype for both models, the target's
     return LaunchPlan(
         head_kind=head_kind, draft_format=fmt, speculative_draft_model_path=str(draft),
-        speculative_num_steps=steps, speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens,
-        speculative_token_map=token_map, converted_from=converted_from,
+        speculative_token_map=token_map, dtype=dtype, converted_from=converted_from, **tree_fields(req, head_kind),
     )
+

@@ -7,7 +7,8 @@ answers, yields the base URL and kills the whole group afterwards. `hass serve`,
 --launch`, the benchmark scripts and the tests all go through these.
 
 On a CPU host (`device="cpu"`) the command adds what the project's CPU backend needs
-(docs/sglang-cpu.md): `--device cpu --dtype float32`, a small KV reservation, no warm-up request,
+(docs/sglang-cpu.md): `--device cpu`, fp32 unless `dtype` says otherwise (`auto` would give fp16,
+whose matmuls are very slow without AVX512-FP16), a small KV reservation, no warm-up request,
 `SGLANG_USE_CPU_ENGINE=1` and one OpenMP thread unless OMP_NUM_THREADS is set; the draft tree
 defaults to `CPU_TREE`. Elsewhere the HASS tree comes from the plugin (the paper's 6/10/60)
 unless `tree` is given.
@@ -47,6 +48,7 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port, chosen by `with_port`
     tree: TreeShape | None = None  # None: CPU_TREE on CPU, the plugin's HASS defaults elsewhere
+    dtype: str | None = None  # --dtype; None: float32 on CPU, SGLang's auto elsewhere
     extra: tuple[str, ...] = ()  # more launch_server flags, appended last (the last value wins)
     cpu_max_total_tokens: int = 16384  # KV reservation of a CPU server
 
@@ -65,7 +67,10 @@ class ServerSpec:
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model]
         if self.cpu:
-            argv += ["--device", "cpu", "--dtype", "float32", "--max-total-tokens", str(self.cpu_max_total_tokens)]
+            argv += ["--device", "cpu", "--dtype", self.dtype or "float32",
+                     "--max-total-tokens", str(self.cpu_max_total_tokens)]
+        elif self.dtype:
+            argv += ["--dtype", self.dtype]
         argv += ["--host", self.host, "--port", str(self.port)]
         if self.cpu:
             argv.append("--skip-server-warmup")

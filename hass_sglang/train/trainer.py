@@ -282,6 +282,6 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     save_draft(head.eval(), export, target.config, metadata={
         "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(samples),
         "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),
-    })
+    }, dtype=target.checkpoint_dtype)  # the dtype SGLang will serve the target in
     return export
 
