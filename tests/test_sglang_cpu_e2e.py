@@ -14,8 +14,6 @@ One server at a time; each fixture starts, uses and stops its own.
 """
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from hass_sglang.eval_sets import EVAL_SETS, load_questions
 from hass_sglang.serving.server import ServerSpec, running_server
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.tree import CPU_TREE
+from support.serving import chi2_same_distribution, generate_ids, post
 
 pytestmark = pytest.mark.slow
 
@@ -71,28 +70,9 @@ def _chat(client, prompt, stream=False, **kw):
                                               "verify_ct": spec.get("spec_verify_ct", 0)}
 
 
-def _post(url, path, body, raw=False):
-    data = body.encode() if raw else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
 def _t1_samples(url, prompt_ids):
     """[T1_SAMPLES] output id lists at T=1 and the summed (completion tokens, verify steps)."""
-    outs, tokens, verify = [], 0, 0
-    for _ in range(T1_SAMPLES // T1_BATCH):  # one batched /generate call per chunk
-        status, res = _post(url, "/generate", {"input_ids": [prompt_ids] * T1_BATCH, "sampling_params": {
-            "max_new_tokens": T1_TOKENS, "temperature": 1.0, "ignore_eos": True}})
-        assert status == 200, res
-        for r in res:
-            outs.append(r["output_ids"])
-            tokens += r["meta_info"]["completion_tokens"]
-            verify += r["meta_info"].get("spec_verify_ct", 0) or 0
-    return outs, (tokens, verify)
+    return generate_ids(url, prompt_ids, T1_SAMPLES, T1_TOKENS, 1.0, T1_BATCH)
 
 
 def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False):
@@ -110,7 +90,7 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
         # The plugin is installed for every server on the host; only HASS servers check model names.
-        out["unknown model"] = _post(url, "/v1/chat/completions", {
+        out["unknown model"] = post(url, "/v1/chat/completions", {
             "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
     out["log"] = Path(log_path).read_text()
     return out
@@ -118,11 +98,11 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
 
 def _bad_inputs(url, client, prompt):
     base = {"model": "default", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
-    got = {"malformed JSON": _post(url, "/v1/chat/completions", "{not json", raw=True)}
+    got = {"malformed JSON": post(url, "/v1/chat/completions", "{not json", raw=True)}
     for name, (change, _) in BAD_INPUT_STATUS.items():
         body = {k: v for k, v in {**base, **change}.items() if v is not None}
-        got[name] = _post(url, "/v1/chat/completions", body)
-    got["max_tokens = 0"] = _post(url, "/v1/chat/completions", {**base, "max_tokens": 0})
+        got[name] = post(url, "/v1/chat/completions", body)
+    got["max_tokens = 0"] = post(url, "/v1/chat/completions", {**base, "max_tokens": 0})
     # Client disconnect mid-stream: read one chunk, then close the connection.
     stream = client.chat.completions.create(model="default", messages=base["messages"], max_tokens=200,
                                             temperature=0, stream=True)
@@ -184,23 +164,6 @@ def test_t0_text_equals_plain_sglang_and_accept_length_equals_reference(which, r
     assert abs(served - reference) <= 0.05 * reference
 
 
-def _chi2_same_distribution(a: list[int], b: list[int]) -> float:
-    """p-value of a two-sample chi-square test; categories with fewer than 10 samples in all are pooled."""
-    from collections import Counter
-
-    from scipy.stats import chi2_contingency
-
-    ca, cb = Counter(a), Counter(b)
-    keep = [t for t in set(ca) | set(cb) if ca[t] + cb[t] >= 10]
-    rest = [len(a) - sum(ca[t] for t in keep), len(b) - sum(cb[t] for t in keep)]
-    table = [[ca[t] for t in keep] + [rest[0]], [cb[t] for t in keep] + [rest[1]]]
-    cols = [j for j in range(len(table[0])) if table[0][j] + table[1][j] > 0]
-    table = [[row[j] for j in cols] for row in table]
-    if len(table[0]) < 2:
-        return 1.0
-    return float(chi2_contingency(table).pvalue)
-
-
 def test_t1_is_verified_by_project_specinfer_and_distributed_like_plain_sglang(vanilla, hass, record_property):
     assert SPECINFER_LOG in hass["log"], "T=1 verification did not go through hass_sglang.verify.verify_specinfer"
     assert SPECINFER_LOG not in vanilla["log"]
@@ -210,12 +173,12 @@ def test_t1_is_verified_by_project_specinfer_and_distributed_like_plain_sglang(v
     record_property("t1_accept_length", accept)
     assert accept > 1.1, f"drafts were hardly accepted at T=1 (accept length {accept:.3f}): the test would be vacuous"
     for pos in (1, 2):  # the tokens that speculative verification decides (position 0 is the prefill's)
-        p = _chi2_same_distribution([o[pos] for o in plain], [o[pos] for o in spec])
+        p = chi2_same_distribution([o[pos] for o in plain], [o[pos] for o in spec])
         print(f"position {pos}: chi-square p = {p:.4f}")
         assert p > 0.0005, f"token {pos + 1} is not distributed like plain SGLang's (p={p:.2e})"
     # Sanity check that the test can fail: greedy outputs are far from the T=1 distribution.
     greedy = [spec[0][1]] * T1_SAMPLES
-    assert _chi2_same_distribution([o[1] for o in plain], greedy) < 1e-6 or len({o[1] for o in plain}) == 1
+    assert chi2_same_distribution([o[1] for o in plain], greedy) < 1e-6 or len({o[1] for o in plain}) == 1
 
 
 def test_plain_servers_keep_sglangs_behaviour_for_model_names(vanilla):

@@ -23,7 +23,7 @@ from hass_sglang.tree import TreeShape
 @dataclass(frozen=True)
 class LaunchSpec:
     name: str
-    draft: str | None  # a draft folder, or None for plain decoding
+    draft: str | None  # a draft folder, "target" (the target's own MTP layer), or None for plain decoding
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class LaunchOptions:
 
 
 def parse_launch(arg: str) -> LaunchSpec:
-    """`hass=path/to/draft`, `hass=smollm2-135m-hass-eagle` (a shipped draft) or `vanilla=none`."""
+    """`hass=path/to/draft`, `hass=smollm2-135m-hass-eagle` (a shipped draft), `mtp=target` (DeepSeek's
+    own MTP layer) or `vanilla=none`."""
     from hass_sglang.drafts import resolve_draft
 
     name, sep, draft = arg.partition("=")
@@ -50,6 +51,8 @@ def parse_launch(arg: str) -> LaunchSpec:
         raise LaunchError(f"--launch {arg!r}: {exc}") from exc
     if choice.kind == "random":
         raise LaunchError(f"--launch {arg!r}: a random draft is not a benchmark method; give a draft folder")
+    if choice.kind == "target":
+        return LaunchSpec(name, choice.kind)
     return LaunchSpec(name, None if choice.path is None else str(choice.path))
 
 

@@ -6,6 +6,7 @@ Every command that takes a draft (`hass generate --draft`, `hass serve --draft`,
     auto          the shipped default (`DEFAULT_DRAFT`), or a random head when none is shipped
     none          no draft: plain decoding (also `vanilla` or an empty string)
     random        a randomly initialised head (tau ~1: the cost of speculation without its benefit)
+    target        the target's own MTP layer (DeepSeek checkpoints carry one: `model.layers.<N>.*`)
     <name>        a shipped draft: one of the folders beside this file (docs/drafts.md)
     <folder>      any draft folder (SGLang EAGLE / NextN layout or a HASS reference release)
     <owner/name>  a hub repository holding one, fetched with huggingface_hub (its cache, so
@@ -25,6 +26,7 @@ from hass_sglang.io import hub_snapshot, is_hub_id
 SHIPPED_DIR = Path(__file__).resolve().parent
 DEFAULT_DRAFT = "smollm2-135m-hass-eagle"
 NO_DRAFT = ("none", "vanilla", "")
+TARGET_DRAFT = "target"
 DRAFT_FILES = ["*.json", "*.safetensors", "*.bin", "*.pt"]  # config, weights, hot_token_map.pt
 
 
@@ -40,7 +42,7 @@ def default_draft() -> Path | None:
 
 @dataclass(frozen=True)
 class DraftChoice:
-    kind: Literal["none", "random", "folder"]
+    kind: Literal["none", "random", "target", "folder"]
     path: Path | None = None  # the folder, for kind "folder"
 
     def __str__(self) -> str:
@@ -48,6 +50,9 @@ class DraftChoice:
 
     def folder(self, target_config, head_type: str = "eagle") -> Path | None:
         """A folder SGLang can load (a random head is written once to the draft cache); None for none."""
+        if self.kind == TARGET_DRAFT:
+            raise ModelNotFoundError("the target's own MTP layer has no draft folder: SGLang loads it from the "
+                                     "target (--speculative-algorithm HASS without a draft path)")
         if self.kind != "random":
             return self.path
         from hass_sglang.checkpoint import save_draft
@@ -66,6 +71,11 @@ class DraftChoice:
 
         if self.kind == "none":
             return None
+        if self.kind == TARGET_DRAFT:
+            from hass_sglang.checkpoint import load_target_mtp_layer
+
+            print(f"[hass] draft: the MTP layer of {target.path}", file=sys.stderr)
+            return load_target_mtp_layer(target.path, target.config)
         if self.kind == "random":
             print(f"[hass] draft: randomly initialised {head_type} head (expect tau ~1.0)", file=sys.stderr)
             return build_head(head_type, target.config, seed=0)
@@ -74,12 +84,14 @@ class DraftChoice:
 
 
 def resolve_draft(spec: str | Path | None) -> DraftChoice:
-    """auto | none | random | <shipped name> | <folder> | <hub id> -> DraftChoice (None means auto)."""
+    """auto | none | random | target | <shipped name> | <folder> | <hub id> -> DraftChoice (None: auto)."""
     text = "auto" if spec is None else str(spec).strip()
     if text.lower() in NO_DRAFT:
         return DraftChoice("none")
     if text.lower() == "random":
         return DraftChoice("random")
+    if text.lower() == TARGET_DRAFT:
+        return DraftChoice(TARGET_DRAFT)
     if text.lower() == "auto":
         path = default_draft()
         if path is None:

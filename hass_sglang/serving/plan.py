@@ -148,7 +148,7 @@ def plan_launch(req: LaunchRequest, resolve_dtype: Callable[[object], str] | Non
     resolve_dtype(config) -> dtype name: how SGLang resolves `req.dtype` for a model config
     (the plugin passes SGLang's own rule); with `--dtype auto` target and draft may resolve to
     different dtypes (an fp32 config becomes fp16), which the plan then aligns on the target's."""
-    from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, load_draft, save_draft
+    from hass_sglang.checkpoint import HOT_TOKEN_FILE, detect_format, inspect_draft, load_draft, save_draft
     from hass_sglang.drafts import resolve_draft
     from hass_sglang.target import load_target_config
 
@@ -174,7 +174,8 @@ def plan_launch(req: LaunchRequest, resolve_dtype: Callable[[object], str] | Non
     draft = choice.path
     config = json.loads((draft / "config.json").read_text())
     draft_arch = (config.get("architectures") or [""])[0]
-    if target_arch in SGLANG_BUILTIN_MTP_TARGETS and draft_arch.startswith("Deepseek"):
+    if target_arch in SGLANG_BUILTIN_MTP_TARGETS and draft_arch in SGLANG_BUILTIN_MTP_TARGETS:
+        # a whole DeepSeek checkpoint as the draft: SGLang loads its NextN layer itself
         return LaunchPlan(head_kind="mtp", draft_format="sglang-mtp", speculative_draft_model_path=str(draft),
                           **tree_fields(req, "mtp"))
 
@@ -182,17 +183,15 @@ def plan_launch(req: LaunchRequest, resolve_dtype: Callable[[object], str] | Non
     converted_from = None
     if fmt == "reference":
         converted_from, draft = str(draft), convert_reference_cached(draft, req.target_path, target_config)
-        head = load_draft(draft, target_config)
-    else:
-        head = load_draft(draft, target_config)  # the full check: config, keys, shapes
-        if not _sglang_ready(config):
-            out = drafts_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
-            if not (out / "config.json").is_file():
-                save_draft(head, out, target_config, metadata={"normalised_from": str(draft)})
-            converted_from, draft = str(draft), out
+    elif not _sglang_ready(config):
+        out = drafts_cache_dir() / f"{draft.name}-{_fingerprint(draft, target_config)}"
+        if not (out / "config.json").is_file():
+            save_draft(load_draft(draft, target_config), out, target_config, metadata={"normalised_from": str(draft)})
+        converted_from, draft = str(draft), out
+    info = inspect_draft(draft, target_config)  # the full check (config, keys, shapes), no weights read
 
     token_map = req.token_map
-    if head.hot_token_ids is not None:
+    if info.hot_token_ids is not None:
         if token_map is not None:
             raise CheckpointMismatchError(
                 f"draft {draft} has its own reduced vocabulary ({HOT_TOKEN_FILE}); drop --speculative-token-map"

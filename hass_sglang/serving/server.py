@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from hass_sglang.drafts import TARGET_DRAFT
 from hass_sglang.errors import ServerStartError
 from hass_sglang.serving.plan import HASS_ALGORITHM
 from hass_sglang.tree import CPU_TREE, TreeShape
@@ -43,7 +44,9 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class ServerSpec:
     model: str  # a local HF folder (hass_sglang.target.resolve_target) or anything SGLang loads
-    draft: str | None = None  # draft folder: `--speculative-algorithm HASS`; None: plain decoding
+    # a draft folder: `--speculative-algorithm HASS`; "target": HASS with the target's own MTP layer
+    # (DeepSeek; no draft path, SGLang loads it from the target); None: plain decoding
+    draft: str | None = None
     device: str = "cuda"  # "cpu": the project's CPU backend; "cuda": SGLang's default; else --device DEVICE
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port, chosen by `with_port`
@@ -78,8 +81,10 @@ class ServerSpec:
             argv += ["--device", self.device]
         if self.draft is not None:
             tree = self.tree or (CPU_TREE if self.cpu else None)
-            argv += ["--speculative-algorithm", HASS_ALGORITHM, "--speculative-draft-model-path", str(self.draft),
-                     *(tree.sglang_flags() if tree else ())]
+            argv += ["--speculative-algorithm", HASS_ALGORITHM]
+            if self.draft != TARGET_DRAFT:
+                argv += ["--speculative-draft-model-path", str(self.draft)]
+            argv += list(tree.sglang_flags() if tree else ())
         return argv + list(self.extra)
 
     def env(self, base: dict | None = None) -> dict:

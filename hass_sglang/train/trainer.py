@@ -26,9 +26,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from tqdm import tqdm
 
-from hass_sglang.checkpoint import load_draft, save_draft
+from hass_sglang.checkpoint import load_draft, load_target_mtp_layer, save_draft
 from hass_sglang.errors import HassError
-from hass_sglang.heads import build_head
+from hass_sglang.heads import build_head, is_deepseek
 from hass_sglang.io import claim_run_settings, save_torch_atomic
 from hass_sglang.train.align import aligned_forward, step_losses, step_weight
 from hass_sglang.train.distributed import average_gradients, barrier, broadcast_parameters, rank_world
@@ -37,6 +37,7 @@ from hass_sglang.train.losses import teacher_topk
 from hass_sglang.tree import TreeShape
 
 
+INIT_FROM_TARGET = "target"
 # Validation tau runs the reference decoder with a 16-token tree (the CPU setting, cheap per epoch).
 VALIDATION_TREE = TreeShape(4, 4, 16)
 
@@ -54,7 +55,9 @@ class TrainConfig(BaseModel):
     ce_weight: float = 0.1  # EAGLE's classification weight
     regression_weight: float = 1.0
     draft_vocab: int | None = None  # reduced draft vocabulary: the most frequent target next tokens
-    init_from: str | None = None  # continual training from an existing draft folder
+    # continual training: an existing draft folder, or "target": the target's own MTP layer
+    # (`model.layers.<N>.*` of a DeepSeek checkpoint; the seed-002 recipe for DeepSeek-R1)
+    init_from: str | None = None
     epochs: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -172,7 +175,12 @@ def init_for_training(head):
         proj.bias.zero_()
     for layer in head.layers:
         layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
+        mlp = layer.mlp
+        if hasattr(mlp, "experts"):  # DeepSeek MoE: routed experts (fused [E, H, I]) and the shared one
+            mlp.experts.down_proj.zero_()
+            mlp.shared_experts.down_proj.weight.zero_()
+        else:
+            mlp.down_proj.weight.zero_()
     return head
 
 
@@ -207,13 +215,22 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
 
     lm_weight = target.lm_head.weight.detach().float()
     samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.distill_topk)
-    if cfg.init_from:
+    if cfg.init_from == INIT_FROM_TARGET:
+        if cfg.head != "mtp":
+            raise HassError("--init-from target continues the target's own MTP layer: it needs --head mtp")
+        if cfg.draft_vocab is not None:
+            raise HassError("--draft-vocab cannot change the vocabulary of the target's MTP layer")
+        head = load_target_mtp_layer(target.path, target.config)
+    elif cfg.init_from:
         head = load_draft(cfg.init_from, target.config)
         if head.head_type != cfg.head:
             raise HassError(f"--init-from {cfg.init_from} is a {head.head_type} head, not {cfg.head}")
         if cfg.draft_vocab is not None:
             raise HassError("--draft-vocab cannot change the vocabulary of an --init-from draft")
     else:
+        if cfg.draft_vocab is not None and is_deepseek(target.config):
+            raise HassError("--draft-vocab: SGLang's DeepseekV3ForCausalLMNextN scores the full vocabulary "
+                            "(models/deepseek_nextn.py has no hot_vocab_size); train DeepSeek MTP drafts without it")
         hot = None if cfg.draft_vocab is None else hot_vocabulary(samples, cfg.draft_vocab, target.eos_token_ids)
         head = init_for_training(build_head(cfg.head, target.config, hot_token_ids=hot, seed=cfg.seed))
     head.float().train()

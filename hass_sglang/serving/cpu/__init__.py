@@ -94,6 +94,9 @@ def activate() -> dict:
         from hass_sglang.serving.cpu.sampling_verify import register_hooks
 
         register_hooks()  # T>0: project SpecInfer instead of SGLang's greedy-only CPU verify
+        from hass_sglang.serving.cpu.model_hooks import register_hooks as register_model_hooks
+
+        register_model_hooks()  # DeepSeek's set_embed_and_head without its unconditional CUDA sync
         done["hooks"] = True
         logger.info("hass_sglang CPU backend: %s", done)
     _state["done"] = done

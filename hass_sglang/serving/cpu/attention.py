@@ -3,7 +3,8 @@
 Signatures follow SGLang 0.5.23's IntelAMXAttnBackend calls
 (layers/attention/intel_amx_backend.py:290 extend, :383 decode). Supported: causal self-attention,
 GQA, logit soft-capping, a token-tree mask (`tree_mask`, the [bs, n, n] QLEN_ONLY layout SGLang
-uses on CPU, eagle_utils.py:135, or the FULL_MASK layout). Not supported (raise): sliding
+uses on CPU, eagle_utils.py:135, or the FULL_MASK layout), DeepSeek's MLA (as MQA over the latent
+pool) and its MHA prefill. Not supported (raise): sliding
 windows, attention sinks, cross-attention - none is needed by Llama-family HASS targets.
 """
 
@@ -119,6 +120,22 @@ def extend_attention(
     t = torch.arange(max_ext, device=dev)
     q_valid = t[None, :] < ext[:, None]
     rows = torch.where(q_valid, extend_start_loc.long()[:, None] + t[None, :], 0)
+    if k is not None and tuple(k.shape[1:]) != tuple(k_buffer.shape[1:]):
+        # DeepSeek's MHA prefill (models/deepseek_common/attention_forward_methods/forward_mha.py):
+        # per-head K [nope + rope] and V [v_head_dim] of the new tokens, while the pool holds the
+        # MLA latent [1, kv_lora + rope]. SGLang takes this path only without a cached prefix
+        # (attention_backend_handler.py, handle_attention_triton), so the new tokens are all the keys.
+        if bool((seq != ext).any()):
+            raise NotImplementedError("hass_sglang CPU attention: MHA keys of another shape than the KV pool "
+                                      "with a cached prefix")
+        keys = torch.zeros(bs, max_ext, *k.shape[1:], device=dev)
+        vals = torch.zeros(bs, max_ext, *v.shape[1:], device=dev)
+        keys[q_valid] = k[rows[q_valid]].float() * float(key_scale)
+        vals[q_valid] = v[rows[q_valid]].float() * float(value_scale)
+        visible = extend_visibility(seq, ext, max_ext, max_ext, tree_mask, is_causal) & q_valid[:, None, :]
+        out = masked_attention(q[rows], keys, vals, visible, scaling, logit_cap)
+        o[rows[q_valid]] = out[q_valid].to(o.dtype)
+        return
     keys, valid = gather_kv(k_buffer, req_to_token, req_pool_indices, seq, float(key_scale))
     vals, _ = gather_kv(v_buffer, req_to_token, req_pool_indices, seq, float(value_scale))
     if k is not None and v is not None:  # the new tokens' K/V straight from the arguments
