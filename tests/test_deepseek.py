@@ -13,7 +13,6 @@ yarn RoPE; built in seconds by `hass_sglang.tiny_deepseek`, never downloaded or 
 """
 
 import json
-import os
 import subprocess
 import sys
 
