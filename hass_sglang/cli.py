@@ -148,6 +148,7 @@ def cmd_regenerate(args) -> int:
     import torch
 
     from hass_sglang.target import dtype_from_name, load_target
+    from hass_sglang.train.distributed import resolve_device
     from hass_sglang.train.regenerate import RegenerateConfig, regenerate
 
     torch.set_num_threads(args.threads)
@@ -156,7 +157,7 @@ def cmd_regenerate(args) -> int:
         max_prompt_tokens=args.max_prompt_tokens, temperature=args.temperature, seed=args.seed, limit=args.limit,
         max_conversations=args.max_conversations,
     )
-    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
     r = regenerate(target, cfg, args.out)
     skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
     print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
@@ -168,17 +169,17 @@ def cmd_features(args) -> int:
     import torch
 
     from hass_sglang.target import dtype_from_name, load_target
-    from hass_sglang.train.distributed import init_distributed, is_main_process
+    from hass_sglang.train.distributed import init_distributed, is_main_process, resolve_device
     from hass_sglang.train.features import FeatureConfig, extract_features
 
-    init_distributed()
+    init_distributed(resolve_device(args.device))
     torch.set_num_threads(args.threads)
     cfg = FeatureConfig(
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
         batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), storage_dtype=args.storage_dtype,
         teacher_topk=args.teacher_topk,
     )
-    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
+    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
     m = extract_features(target, cfg, args.out)
     if not is_main_process():
         return 0
@@ -190,19 +191,22 @@ def cmd_features(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from hass_sglang.target import load_target
-    from hass_sglang.train.distributed import init_distributed
+    from hass_sglang.target import load_target, load_target_parts
+    from hass_sglang.train.distributed import init_distributed, resolve_device
     from hass_sglang.train.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads)
-    init_distributed()
+    device = resolve_device(args.device)
+    init_distributed(device)
     cfg = TrainConfig(
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         distill_topk=args.distill_topk, distill_weight=args.distill_weight, init_from=args.init_from,
         epochs=args.epochs, lr=args.lr, draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
         batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
     )
-    export = train(cfg, load_target(args.target))
+    # validation decodes with the whole target; otherwise only its embedding and lm_head are read
+    target = load_target(args.target) if args.val_prompts else load_target_parts(args.target)
+    export = train(cfg, target, device=str(device), parallel=args.parallel)
     print(f"draft written to {export}")
     return 0
 
@@ -290,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--target-dtype", choices=DTYPES, default="bfloat16")
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     r.set_defaults(func=cmd_regenerate)
 
     f = sub.add_parser("features", help="ShareGPT JSON -> target features (resumable)")
@@ -300,10 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shard-size", type=int, default=64, help="conversations per shard")
     f.add_argument("--batch-tokens", type=int, default=4096)
     f.add_argument("--extra-layers", type=int, nargs="*", default=[], help="hidden_states indices to store too")
-    f.add_argument("--storage-dtype", choices=DTYPES, default="float32", help="dtype the features are stored in")
+    f.add_argument("--storage-dtype", choices=DTYPES, default="bfloat16", help="dtype the features are stored in")
     f.add_argument("--target-dtype", choices=DTYPES, default="float32", help="dtype the target runs in")
     f.add_argument("--teacher-topk", type=int, default=10, help="target top-K stored per position (HASS K)")
     f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_features)
 
     t = sub.add_parser("train", help="train a draft head on features (re-run to resume)")
@@ -324,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    t.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                   help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard) for heads too large to replicate")
     t.set_defaults(func=cmd_train)
     return p
 

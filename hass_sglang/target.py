@@ -230,3 +230,71 @@ def load_target(
     model.to(device).eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return Target(model=model, tokenizer=tokenizer, path=path)
+
+
+@dataclass
+class TargetParts:
+    """What training a draft needs from the target, and nothing else: its config, the embedding
+    and lm_head matrices (read by name from the safetensors; the body is never loaded, so a 70B or
+    671B target trains drafts on one host) and its end-of-turn ids."""
+
+    path: Path
+    config: object
+    embed_weight: torch.Tensor  # [V, H]
+    lm_head_weight: torch.Tensor  # [V, H]
+    eos_token_ids: set[int]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, self.embed_weight)
+
+    @property
+    def checkpoint_dtype(self) -> torch.dtype | None:
+        from hass_sglang.checkpoint import config_dtype
+
+        return config_dtype(json.loads((self.path / "config.json").read_text()))
+
+    @classmethod
+    def of(cls, target: Target) -> "TargetParts":
+        """The parts of a target already loaded (small models, tests)."""
+        return cls(target.path, target.config, target.embed_tokens.weight.detach(), target.lm_head.weight.detach(),
+                   target.eos_token_ids)
+
+
+_EMBED_NAMES = ("model.embed_tokens.weight", "embed_tokens.weight")
+_LM_HEAD_NAMES = ("lm_head.weight",)
+
+
+def load_target_parts(name_or_path: str, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> TargetParts:
+    """The embedding and lm_head of a target, read tensor by tensor from its safetensors (via the
+    index when there is one); a tied lm_head is the embedding."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, GenerationConfig
+
+    path = resolve_target(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(path.glob("*.safetensors"))
+    where = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+
+    def read(names: tuple[str, ...]) -> torch.Tensor | None:
+        for name in names:
+            candidates = [path / where[name]] if where and name in where else files
+            for f in candidates:
+                with safe_open(str(f), framework="pt") as fh:
+                    if name in fh.keys():
+                        return fh.get_tensor(name).to(device=device, dtype=dtype)
+        return None
+
+    embed = read(_EMBED_NAMES)
+    if embed is None:
+        raise ModelNotFoundError(f"no embedding ({' / '.join(_EMBED_NAMES)}) in the safetensors of {path}")
+    lm_head = embed if getattr(config, "tie_word_embeddings", False) else read(_LM_HEAD_NAMES)
+    if lm_head is None:
+        raise ModelNotFoundError(f"no lm_head.weight in the safetensors of {path} (and tie_word_embeddings is false)")
+    eos = None
+    if (path / "generation_config.json").is_file():
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    eos = eos if eos is not None else getattr(config, "eos_token_id", None)
+    eos_ids = set() if eos is None else set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+    return TargetParts(path, config, embed, lm_head, eos_ids)

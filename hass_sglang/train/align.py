@@ -63,16 +63,38 @@ def step_losses(
     draft_lm_weight: torch.Tensor,  # [V_draft, H] frozen lm_head rows the draft scores
     weight: torch.Tensor,  # [B, T]
     with_topk: bool,
+    denominators: tuple[torch.Tensor, torch.Tensor] | None = None,  # (positions, CE positions) over all ranks
 ) -> dict[str, torch.Tensor]:
     nxt = torch.cat((features[:, 1:], features[:, -1:]), dim=1)
     logits = draft_logits(out, draft_lm_weight)
     greedy = teacher_idx[..., 0]
+    den, den_ce = denominators if denominators is not None else (None, None)
     res = {
-        "regression": feature_regression_loss(out, nxt, weight),
-        "ce": token_ce_loss(logits, greedy, weight),
-        "top1": topk_accuracy(greedy, logits, 1, weight),
-        "top3": topk_accuracy(greedy, logits, 3, weight),
+        "regression": feature_regression_loss(out, nxt, weight, den),
+        "ce": token_ce_loss(logits, greedy, weight, den_ce),
+        "top1": topk_accuracy(greedy, logits, 1, weight, den),
+        "top3": topk_accuracy(greedy, logits, 3, weight, den),
     }
     if with_topk:
-        res["topk"] = topk_distillation_from_teacher(teacher_p, teacher_idx, logits, weight)
+        res["topk"] = topk_distillation_from_teacher(teacher_p, teacher_idx, logits, weight, den)
     return res
+
+
+def step_denominators(weights: list[torch.Tensor], greedy: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per aligning step, (counted positions, positions the CE counts) of this rank's share, as one
+    tensor so one all_reduce gives the global batch's counts."""
+    from hass_sglang.train.losses import ce_weight
+
+    return [(w.sum(), ce_weight(w, greedy).sum()) for w in weights]
+
+
+class AlignedDraft(torch.nn.Module):
+    """The head and HASS's aligned multi-step forward as one module: one forward and one backward
+    per batch, which is what DistributedDataParallel and FSDP2 wrap."""
+
+    def __init__(self, head: DraftHead, steps: int):
+        super().__init__()
+        self.head, self.steps = head, steps
+
+    def forward(self, embeds_next, features, valid) -> list[torch.Tensor]:
+        return aligned_forward(self.head, embeds_next, features, valid, self.steps)

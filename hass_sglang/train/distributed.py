@@ -1,22 +1,48 @@
-"""Data parallelism under torchrun: who am I, the process group, and the gradient mean.
+"""Where training runs and how it scales: the device, the process group under torchrun, and the
+standard engines for data parallelism - DistributedDataParallel, or FSDP2 (`fully_shard`) for
+heads too large to replicate (a DeepSeek MTP layer with its 256 experts).
 
-`torchrun --nproc-per-node N -m hass_sglang.cli features|train ...` starts N processes with RANK
-and WORLD_SIZE set; each joins the process group (gloo: the CPU backend) and works on its share.
-Without torchrun everything here is a no-op for a world of one.
+`torchrun --nproc-per-node N -m hass_sglang.cli features|train ...` starts N processes with RANK,
+LOCAL_RANK and WORLD_SIZE set; each joins the process group (nccl on CUDA, gloo on CPU) on its
+own device. Without torchrun everything here is a no-op for a world of one.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
+from hass_sglang.errors import ConfigError
 
-def init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo, the CPU backend."""
+Parallelism = Literal["ddp", "fsdp"]
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> the device; under torchrun on CUDA, cuda is this rank's GPU (LOCAL_RANK)."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not spec.startswith("cuda"):
+        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: no CUDA device here (torch.cuda.is_available() is False)")
+    if spec == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(spec)
+
+
+def init_distributed(device: torch.device | None = None) -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: nccl for CUDA devices, gloo for CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
 
 
 def rank_world() -> tuple[int, int]:
@@ -38,19 +64,51 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (in place; the tensor itself in a world of one)."""
+    if rank_world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Rank 0's weights everywhere, whatever each rank's RNG did before."""
+    """Rank 0's weights everywhere, whatever each rank's RNG did before (DDP/FSDP also do this)."""
     if rank_world()[1] > 1:
         for p in module.parameters():
             dist.broadcast(p.data, 0)
 
 
-def average_gradients(params) -> None:
-    """Data parallelism: the mean of the ranks' gradients (what DDP computes), one all_reduce each."""
-    world = rank_world()[1]
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
+def parallelize(model: torch.nn.Module, strategy: Parallelism, device: torch.device) -> torch.nn.Module:
+    """The training module on the standard engine: DDP (gradients averaged across ranks in backward),
+    or FSDP2 with every decoder layer and then the whole module sharded. A world of one: unchanged."""
+    if rank_world()[1] == 1:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (rank_world()[1],))
+        for layer in getattr(getattr(model, "head", model), "layers", []):
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+    raise ConfigError(f"unknown parallelism {strategy!r}; expected ddp or fsdp")
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded (model, optimizer) state on CPU on every rank, whatever the wrapper: what a
+    checkpoint holds, so it resumes with any number of ranks and either engine."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optim_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))

@@ -45,7 +45,7 @@ class FeatureConfig(BaseModel):
     shard_size: int = 64  # conversations per shard
     batch_tokens: int = 4096  # tokens per target forward (padded batch)
     extra_layers: tuple[int, ...] = ()  # hidden_states indices to store besides the final feature
-    storage_dtype: str = "float32"  # dtype the features are stored in (not the target's compute dtype)
+    storage_dtype: str = "bfloat16"  # dtype the features are stored in (not the target's compute dtype); in the manifest
     teacher_topk: int = 10  # target top-K (probabilities + ids) stored per position for training; 0 = none
 
 
@@ -209,3 +209,61 @@ def load_shard(out_dir: str | Path, entry: dict, hidden_size: int | None = None)
     off = flat["offsets"].tolist()
     keys = [k for k in flat if k != "offsets"]
     return [{k: flat[k][off[i] : off[i + 1]] for k in keys} for i in range(len(off) - 1)]
+
+
+class FeatureSet:
+    """A finished feature folder read lazily: samples come from memory-mapped safetensors slices, so
+    training holds a batch in memory, not the feature set (flat in the number of shards).
+
+    The order of an epoch is a function of (seed, epoch): shards shuffled, then the samples of each
+    window of `window_shards` consecutive shards shuffled together (shuffling across shards, reading
+    a few files at a time)."""
+
+    def __init__(self, folder: str | Path, hidden_size: int, window_shards: int = 4):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        manifest = read_manifest(self.folder)
+        if manifest is None or not manifest.get("complete"):
+            raise HassError(f"{self.folder}: no complete feature set (run or resume `hass features` first)")
+        if manifest["hidden_size"] != hidden_size:
+            raise HassError(f"features in {self.folder} have hidden size {manifest['hidden_size']}, "
+                            f"the target has {hidden_size}")
+        self.manifest, self.window = manifest, max(1, window_shards)
+        self.files = [e["file"] for e in manifest["shards"] if e["file"]]
+        self.offsets = []
+        for name in self.files:  # the small offsets index of each shard; the tensors stay on disk
+            with safe_open(str(self.folder / name), framework="pt") as fh:
+                self.offsets.append(fh.get_tensor("offsets").tolist())
+        self.index = [(s, j) for s, off in enumerate(self.offsets) for j in range(len(off) - 1)]
+        self._open: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def order(self, seed: int, epoch: int) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        shards = torch.randperm(len(self.files), generator=g).tolist()
+        out = []
+        for w in range(0, len(shards), self.window):
+            window = [(s, j) for s in shards[w : w + self.window] for j in range(len(self.offsets[s]) - 1)]
+            out += [window[i] for i in torch.randperm(len(window), generator=g).tolist()]
+        return out
+
+    def _handle(self, shard: int):
+        from safetensors import safe_open
+
+        if shard not in self._open:
+            if len(self._open) >= self.window:  # keep a window of files open
+                self._open.pop(next(iter(self._open)))
+            self._open[shard] = safe_open(str(self.folder / self.files[shard]), framework="pt")
+        return self._open[shard]
+
+    def sample(self, shard: int, j: int) -> dict[str, torch.Tensor]:
+        fh = self._handle(shard)
+        lo, hi = self.offsets[shard][j], self.offsets[shard][j + 1]
+        return {k: fh.get_slice(k)[lo:hi] for k in fh.keys() if k != "offsets"}
+
+    def __iter__(self):
+        for s, j in self.index:
+            yield self.sample(s, j)

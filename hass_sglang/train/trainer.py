@@ -15,6 +15,7 @@ SGLang-loadable draft folder (`checkpoint.save_draft`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -30,9 +31,11 @@ from hass_sglang.checkpoint import load_draft, load_target_mtp_layer, save_draft
 from hass_sglang.errors import HassError
 from hass_sglang.heads import build_head, is_deepseek
 from hass_sglang.io import claim_run_settings, save_torch_atomic
-from hass_sglang.train.align import aligned_forward, step_losses, step_weight
-from hass_sglang.train.distributed import average_gradients, barrier, broadcast_parameters, rank_world
-from hass_sglang.train.features import load_shard, read_manifest
+from hass_sglang.target import Target, TargetParts
+from hass_sglang.train.align import AlignedDraft, step_denominators, step_losses, step_weight
+from hass_sglang.train.distributed import (Parallelism, all_reduce_sum, barrier, broadcast_parameters, full_state,
+                                           init_distributed, load_full_state, parallelize, rank_world, resolve_device)
+from hass_sglang.train.features import FeatureSet
 from hass_sglang.train.losses import teacher_topk
 from hass_sglang.tree import TreeShape
 
@@ -81,24 +84,19 @@ class TrainConfig(BaseModel):
         return self.align_steps if self.objective == "hass" else 1
 
 
-def _load_samples(features_dir: Path, hidden_size: int, lm_weight: torch.Tensor, k: int) -> list[dict]:
-    manifest = read_manifest(features_dir)
-    if manifest is None or not manifest.get("complete"):
-        raise HassError(f"{features_dir}: no complete feature set (run or resume `hass features` first)")
-    if manifest["hidden_size"] != hidden_size:
-        raise HassError(f"features in {features_dir} have hidden size {manifest['hidden_size']}, the target has {hidden_size}")
-    samples = [s for e in manifest["shards"] if e["file"] for s in load_shard(features_dir, e, hidden_size)]
-    for s in samples:
-        if "teacher_p" not in s or s["teacher_p"].shape[-1] < k:  # older feature sets: compute once here
-            with torch.no_grad():
-                s["teacher_p"], s["teacher_ids"] = teacher_topk(torch.nn.functional.linear(s["hidden"].float(), lm_weight), k)
-        s["teacher_p"], s["teacher_ids"] = s["teacher_p"][:, :k].float(), s["teacher_ids"][:, :k].long()
-    return samples
+def _teacher(sample: dict, lm_weight: torch.Tensor, k: int) -> dict:
+    """The sample with its teacher top-K (computed here for feature sets written without it)."""
+    if "teacher_p" not in sample or sample["teacher_p"].shape[-1] < k:
+        with torch.no_grad():
+            p, ids = teacher_topk(torch.nn.functional.linear(sample["hidden"].float(), lm_weight.float()), k)
+        sample = {**sample, "teacher_p": p, "teacher_ids": ids}
+    return {**sample, "teacher_p": sample["teacher_p"][:, :k].float(), "teacher_ids": sample["teacher_ids"][:, :k].long()}
 
 
-def hot_vocabulary(samples: list[dict], size: int, always: set[int]) -> torch.Tensor:
+def hot_vocabulary(samples, size: int, always: set[int]) -> torch.Tensor:
     """The `size` most frequent target greedy next tokens over the loss positions (plus `always`,
-    e.g. the end-of-turn ids), sorted by id: the reduced draft vocabulary (FR-Spec / EAGLE-3 style)."""
+    e.g. the end-of-turn ids), sorted by id: the reduced draft vocabulary (FR-Spec / EAGLE-3 style).
+    `samples`: any iterable of samples with `teacher_ids` (a FeatureSet streams them)."""
     counts = Counter()
     for s in samples:
         mask = s["loss_mask"].bool()
@@ -137,19 +135,30 @@ def _batch(samples: list[dict], vocab_map: torch.Tensor) -> dict[str, torch.Tens
     return out
 
 
-def batch_loss(head, embed, draft_lm_weight, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of one batch over all aligning steps, and per-step metrics."""
+def batch_loss(model, embed, draft_lm_weight, batch, cfg: TrainConfig, scale: float = 1.0
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of this rank's share of one batch over all aligning steps, and per-step metrics.
+
+    `model`: the head's aligned forward (`AlignedDraft`, possibly wrapped by DDP/FSDP2). Under data
+    parallelism every mean is taken over the *global* batch (the counts summed over ranks) and the
+    loss multiplied by the world size, which DDP's gradient averaging divides out: the gradients are
+    those one process would get on the whole batch. `scale` 0 makes a rank without samples (a short
+    last batch) take part in the collective steps without contributing."""
     ids, feats, valid = batch["input_ids"], batch["hidden"], batch["valid"]
     # the pair at t sees x_{t+1}; the last position gets a dummy token and is never counted
     next_ids = torch.cat((ids[:, 1:], ids[:, -1:]), dim=1)
     with torch.no_grad():
         embeds_next = embed(next_ids).float()
-    outs = aligned_forward(head, embeds_next, feats, valid, cfg.steps)
-    total = torch.zeros(())
+    outs = model(embeds_next, feats, valid)
+    weights = [step_weight(batch["loss_mask"], valid, j) * scale for j in range(1, len(outs) + 1)]
+    counts = torch.stack([torch.stack(c) for c in step_denominators(weights, batch["teacher_idx"][..., 0])])
+    _, world = rank_world()
+    counts = all_reduce_sum(counts.detach().clone())
+    total = torch.zeros((), device=feats.device)
     metrics: dict[str, float] = {}
-    for j, out in enumerate(outs, 1):
-        w = step_weight(batch["loss_mask"], valid, j)
-        parts = step_losses(out, feats, batch["teacher_p"], batch["teacher_idx"], draft_lm_weight, w, cfg.objective == "hass")
+    for j, (out, w) in enumerate(zip(outs, weights), 1):
+        parts = step_losses(out, feats, batch["teacher_p"], batch["teacher_idx"], draft_lm_weight, w,
+                            cfg.objective == "hass", (counts[j - 1, 0], counts[j - 1, 1]))
         loss = cfg.regression_weight * parts["regression"] + cfg.ce_weight * parts["ce"]
         if "topk" in parts:
             loss = loss + cfg.distill_weight * parts["topk"]
@@ -158,7 +167,10 @@ def batch_loss(head, embed, draft_lm_weight, batch, cfg: TrainConfig) -> tuple[t
             metrics[f"step{j}/{k}"] = float(v.detach())
     total = total / len(outs)
     metrics["loss"] = float(total.detach())
-    return total, metrics
+    # every value is this rank's share of a global-batch mean: their sums over ranks are the global values
+    names = list(metrics)
+    values = all_reduce_sum(torch.tensor([metrics[k] for k in names], dtype=torch.float64))
+    return total * world, {k: float(v) for k, v in zip(names, values)}
 
 
 @torch.no_grad()
@@ -201,9 +213,45 @@ def validation_tau(target, head, prompts: int, max_new_tokens: int) -> float:
     return tokens / max(forwards, 1)
 
 
-def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
-    """Train (or resume) and export; returns the exported draft folder."""
+def _initial_head(cfg: TrainConfig, parts: TargetParts, features: FeatureSet):
+    """The head training starts from: the target's own MTP layer, an existing draft, or a fresh head."""
+    if cfg.init_from == INIT_FROM_TARGET:
+        if cfg.head != "mtp":
+            raise HassError("--init-from target continues the target's own MTP layer: it needs --head mtp")
+        if cfg.draft_vocab is not None:
+            raise HassError("--draft-vocab cannot change the vocabulary of the target's MTP layer")
+        return load_target_mtp_layer(parts.path, parts.config)
+    if cfg.init_from:
+        head = load_draft(cfg.init_from, parts.config)
+        if head.head_type != cfg.head:
+            raise HassError(f"--init-from {cfg.init_from} is a {head.head_type} head, not {cfg.head}")
+        if cfg.draft_vocab is not None:
+            raise HassError("--draft-vocab cannot change the vocabulary of an --init-from draft")
+        return head
+    if cfg.draft_vocab is not None and is_deepseek(parts.config):
+        raise HassError("--draft-vocab: SGLang's DeepseekV3ForCausalLMNextN scores the full vocabulary "
+                        "(models/deepseek_nextn.py has no hot_vocab_size); train DeepSeek MTP drafts without it")
+    hot = None
+    if cfg.draft_vocab is not None:
+        lm = parts.lm_head_weight.float()
+        hot = hot_vocabulary((_teacher(s, lm, 1) for s in features), cfg.draft_vocab, parts.eos_token_ids)
+    return init_for_training(build_head(cfg.head, parts.config, hot_token_ids=hot, seed=cfg.seed))
+
+
+CHECKPOINT_FORMAT = 2  # 2: unsharded model/optimizer state by parameter name (any world size, DDP or FSDP2)
+
+
+def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True, device: str = "auto",
+          parallel: Parallelism = "ddp") -> Path:
+    """Train (or resume) and export; returns the exported draft folder.
+
+    `target`: a loaded `Target` (validation tau needs it) or only its `TargetParts` (embedding,
+    lm_head, config: how big targets train). `device`: auto | cpu | cuda[:N]; `parallel`: the engine
+    under torchrun, ddp or fsdp (FSDP2)."""
+    dev = resolve_device(device)
+    init_distributed(dev)
     rank, world = rank_world()
+    parts = target if isinstance(target, TargetParts) else TargetParts.of(target)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
@@ -213,29 +261,12 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     if rank == 0:
         claim_run_settings(out / "train_config.json", settings, HassError)
 
-    lm_weight = target.lm_head.weight.detach().float()
-    samples = _load_samples(Path(cfg.features), int(target.config.hidden_size), lm_weight, cfg.distill_topk)
-    if cfg.init_from == INIT_FROM_TARGET:
-        if cfg.head != "mtp":
-            raise HassError("--init-from target continues the target's own MTP layer: it needs --head mtp")
-        if cfg.draft_vocab is not None:
-            raise HassError("--draft-vocab cannot change the vocabulary of the target's MTP layer")
-        head = load_target_mtp_layer(target.path, target.config)
-    elif cfg.init_from:
-        head = load_draft(cfg.init_from, target.config)
-        if head.head_type != cfg.head:
-            raise HassError(f"--init-from {cfg.init_from} is a {head.head_type} head, not {cfg.head}")
-        if cfg.draft_vocab is not None:
-            raise HassError("--draft-vocab cannot change the vocabulary of an --init-from draft")
-    else:
-        if cfg.draft_vocab is not None and is_deepseek(target.config):
-            raise HassError("--draft-vocab: SGLang's DeepseekV3ForCausalLMNextN scores the full vocabulary "
-                            "(models/deepseek_nextn.py has no hot_vocab_size); train DeepSeek MTP drafts without it")
-        hot = None if cfg.draft_vocab is None else hot_vocabulary(samples, cfg.draft_vocab, target.eos_token_ids)
-        head = init_for_training(build_head(cfg.head, target.config, hot_token_ids=hot, seed=cfg.seed))
-    head.float().train()
+    features = FeatureSet(cfg.features, int(parts.config.hidden_size))
+    head = _initial_head(cfg, parts, features).float()
     broadcast_parameters(head)  # identical starting weights whatever each rank's RNG did before
-    embed = target.embed_tokens
+    template = copy.deepcopy(head) if rank == 0 else None  # rank 0 rebuilds the full head from states
+    lm_weight = parts.lm_head_weight.to(dev, torch.float32)
+    embed_weight = parts.embed_weight.to(dev)
     vocab_size = lm_weight.shape[0]
     if head.hot_token_ids is None:
         vocab_map = torch.arange(vocab_size)
@@ -243,10 +274,11 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
         vocab_map = torch.full((vocab_size,), -1, dtype=torch.long)
         vocab_map[head.hot_token_ids] = torch.arange(head.hot_token_ids.numel())
     draft_lm_weight = head.draft_lm_head_weight(lm_weight)
+    model = parallelize(AlignedDraft(head.to(dev).train(), cfg.steps), parallel, dev)
     global_batch = cfg.batch_size * world
-    steps_per_epoch = math.ceil(len(samples) / global_batch)
+    steps_per_epoch = math.ceil(len(features) / global_batch)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
     def lr_at(step: int) -> float:  # linear warmup, cosine decay
         if step < cfg.warmup_steps:
@@ -257,48 +289,65 @@ def train(cfg: TrainConfig, target, progress: bool = True) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start_epoch, history = 0, []
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
+        state = torch.load(ckpt, weights_only=False, map_location="cpu", mmap=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise HassError(f"{ckpt} was written by an older hass train; finish it with that version or use a new --out")
+        load_full_state(model, opt, state["model"], state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
+        del state
+    # bf16 autocast on CUDA (fp32 master weights and optimizer); CPU trains in fp32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        order = features.order(cfg.seed, epoch)
         sums: dict[str, float] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0)
         for i in bar:
             chunk = order[i * global_batch : (i + 1) * global_batch]
-            mine = chunk[rank::world] or chunk[:1]  # a short last batch: spare ranks repeat one sample
-            batch = _batch([samples[k] for k in mine], vocab_map)
-            loss, metrics = batch_loss(head, embed, draft_lm_weight, batch, cfg)
+            mine = chunk[rank::world]
+            scale = 1.0 if mine else 0.0  # a short last batch: a spare rank joins the collectives with weight 0
+            samples = [_teacher(features.sample(*key), parts.lm_head_weight, cfg.distill_topk) for key in mine or chunk[:1]]
+            batch = {k: v.to(dev, non_blocking=True) for k, v in _batch(samples, vocab_map).items()}
+            with autocast:
+                loss, metrics = batch_loss(model, lambda ids: torch.nn.functional.embedding(ids, embed_weight),
+                                           draft_lm_weight, batch, cfg, scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(head.parameters())
-            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['step1/top1']:.3f}")
         history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        model_state, optim_state = full_state(model, opt)  # a collective: every rank takes part
         if rank > 0:
-            continue  # rank 0 validates and writes; the others hold the same weights
-        if cfg.val_prompts:
-            history[-1]["val_tau"] = validation_tau(target, head, cfg.val_prompts, cfg.val_max_new_tokens)
-            head.float().train()
+            continue  # rank 0 validates and writes
+        template.load_state_dict(_unprefixed(model_state))
+        if cfg.val_prompts and isinstance(target, Target):
+            history[-1]["val_tau"] = validation_tau(target, template, cfg.val_prompts, cfg.val_max_new_tokens)
         print(f"[train] epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in history[-1].items() if k == "loss" or k.endswith(("top1", "val_tau"))), flush=True)
-        save_torch_atomic(ckpt, {"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "epoch": epoch + 1, "history": history})
+        save_torch_atomic(ckpt, {"format": CHECKPOINT_FORMAT, "model": model_state, "optimizer": optim_state,
+                                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history})
     seconds = time.perf_counter() - t_start
     export = out / "draft"
+    if start_epoch == cfg.epochs and rank == 0:  # resumed a finished run: the weights come from the checkpoint
+        template.load_state_dict(_unprefixed(full_state(model, opt)[0]))
+    elif start_epoch == cfg.epochs:
+        full_state(model, opt)
     barrier()
     if rank > 0:
         return export
-    save_draft(head.eval(), export, target.config, metadata={
-        "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(samples),
+    save_draft(template.eval(), export, parts.config, metadata={
+        "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(features),
         "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),
-    }, dtype=target.checkpoint_dtype)  # the dtype SGLang will serve the target in
+        "world_size": world, "parallel": parallel if world > 1 else None, "device": dev.type,
+    }, dtype=parts.checkpoint_dtype)  # the dtype SGLang will serve the target in
     return export
 
+
+def _unprefixed(model_state: dict) -> dict:
+    """AlignedDraft's state (`head.*`) as the head's own."""
+    return {k.removeprefix("head."): v for k, v in model_state.items()}
