@@ -147,18 +147,22 @@ def cmd_data(args) -> int:
 def cmd_regenerate(args) -> int:
     import torch
 
-    from hass_sglang.target import dtype_from_name, load_target
+    from hass_sglang.target import dtype_from_name, load_target, load_tokenizer
     from hass_sglang.train.distributed import resolve_device
-    from hass_sglang.train.regenerate import RegenerateConfig, regenerate
+    from hass_sglang.train.regenerate import Endpoint, RegenerateConfig, regenerate
 
     torch.set_num_threads(args.threads)
     cfg = RegenerateConfig(
         data=args.data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         max_prompt_tokens=args.max_prompt_tokens, temperature=args.temperature, seed=args.seed, limit=args.limit,
-        max_conversations=args.max_conversations,
+        max_conversations=args.max_conversations, engine="endpoint" if args.endpoint else "transformers",
     )
-    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
-    r = regenerate(target, cfg, args.out)
+    if args.endpoint:  # the target's weights stay with the server; only its tokenizer is read here
+        source = Endpoint(args.endpoint, load_tokenizer(args.target), model=args.model,
+                          concurrency=args.concurrency, retries=args.retries)
+    else:
+        source = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
+    r = regenerate(source, cfg, args.out)
     skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
     print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
           f"({r.hit_max_new_tokens} answers cut at --max-new-tokens); skipped: {skipped}")
@@ -168,18 +172,28 @@ def cmd_regenerate(args) -> int:
 def cmd_features(args) -> int:
     import torch
 
-    from hass_sglang.target import dtype_from_name, load_target
+    from hass_sglang.errors import ConfigError
+    from hass_sglang.target import dtype_from_name, load_target, load_target_parts, load_tokenizer
     from hass_sglang.train.distributed import init_distributed, is_main_process, resolve_device
-    from hass_sglang.train.features import FeatureConfig, extract_features
+    from hass_sglang.train.features import FeatureConfig, SGLangHiddenStates, extract_features
 
-    init_distributed(resolve_device(args.device))
     torch.set_num_threads(args.threads)
     cfg = FeatureConfig(
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
         batch_tokens=args.batch_tokens, extra_layers=tuple(args.extra_layers), storage_dtype=args.storage_dtype,
-        teacher_topk=args.teacher_topk,
+        teacher_topk=args.teacher_topk, engine=args.engine,
     )
-    target = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
+    if args.engine == "sglang":
+        if not args.endpoint:
+            raise ConfigError("--engine sglang needs --endpoint URL (a server started with --enable-return-hidden-states "
+                              "--disable-radix-cache)")
+        # the server runs the target; here only the tokenizer and the lm_head (teacher top-K)
+        target = SGLangHiddenStates(args.endpoint, load_target_parts(args.target), load_tokenizer(args.target),
+                                    concurrency=args.concurrency)
+    else:
+        device = resolve_device(args.device)
+        init_distributed(device)
+        target = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=device)
     m = extract_features(target, cfg, args.out)
     if not is_main_process():
         return 0
@@ -294,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--target-dtype", choices=DTYPES, default="bfloat16")
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--endpoint", help="answer through this OpenAI-compatible server (e.g. an SGLang URL) instead of "
+                   "loading the target here; --target then only gives the tokenizer")
+    r.add_argument("--model", help="model name at --endpoint (default: the first it lists)")
+    r.add_argument("--concurrency", type=int, default=8, help="requests in flight at --endpoint")
+    r.add_argument("--retries", type=int, default=3, help="retries per request at --endpoint (backoff)")
     r.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     r.set_defaults(func=cmd_regenerate)
 
@@ -309,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--target-dtype", choices=DTYPES, default="float32", help="dtype the target runs in")
     f.add_argument("--teacher-topk", type=int, default=10, help="target top-K stored per position (HASS K)")
     f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--engine", choices=("transformers", "sglang"), default="transformers",
+                   help="who runs the target: transformers here, or the SGLang server at --endpoint")
+    f.add_argument("--endpoint", help="with --engine sglang: the server URL (started with --enable-return-hidden-states "
+                   "--disable-radix-cache)")
+    f.add_argument("--concurrency", type=int, default=8, help="with --engine sglang: requests in flight")
     f.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_features)
 

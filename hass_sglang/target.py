@@ -25,6 +25,22 @@ _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
 _COMPLETE_MARKER = ".hass_complete.json"
 _TARGET_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+_SMALL_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]  # config + tokenizer, no weights
+
+
+def _local_or_small_files(name_or_path: str) -> Path:
+    """A local target folder, or the config and tokenizer files of a hub id (never its weights)."""
+    ref = str(name_or_path)
+    if is_hub_id(ref) and not Path(ref).expanduser().exists():
+        return hub_snapshot(ref, _SMALL_FILES, ModelNotFoundError)
+    return resolve_target(ref)
+
+
+def load_tokenizer(name_or_path: str):
+    """The target's tokenizer alone (a remote engine holds the weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_local_or_small_files(name_or_path))
 
 
 # The dtypes the project runs and stores tensors in, by the names its flags use.
@@ -271,11 +287,15 @@ def load_target_parts(name_or_path: str, device: str | torch.device = "cpu",
     from safetensors import safe_open
     from transformers import AutoConfig, GenerationConfig
 
-    path = resolve_target(name_or_path)
+    path = _local_or_small_files(name_or_path)
     config = AutoConfig.from_pretrained(path)
     index = path / "model.safetensors.index.json"
-    files = sorted(path.glob("*.safetensors"))
     where = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    if not list(path.glob("*.safetensors")) and is_hub_id(str(name_or_path)):
+        # a hub target: download only the shards that hold the embedding and the lm_head
+        wanted = sorted({where[n] for n in _EMBED_NAMES + _LM_HEAD_NAMES if where and n in where}) or ["*.safetensors"]
+        path = hub_snapshot(str(name_or_path), _SMALL_FILES + wanted, ModelNotFoundError)
+    files = sorted(path.glob("*.safetensors"))
 
     def read(names: tuple[str, ...]) -> torch.Tensor | None:
         for name in names:

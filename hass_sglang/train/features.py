@@ -18,7 +18,9 @@ import json
 import math
 import platform
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from hass_sglang.errors import HassError
 from hass_sglang.io import write_file_atomic, write_json_atomic
-from hass_sglang.target import Target, dtype_from_name
+from hass_sglang.target import Target, TargetParts, dtype_from_name
 from hass_sglang.train.data import load_sharegpt, tokenize_conversation
 from hass_sglang.train.distributed import barrier, rank_world
 from hass_sglang.train.losses import teacher_topk
@@ -47,6 +49,7 @@ class FeatureConfig(BaseModel):
     extra_layers: tuple[int, ...] = ()  # hidden_states indices to store besides the final feature
     storage_dtype: str = "bfloat16"  # dtype the features are stored in (not the target's compute dtype); in the manifest
     teacher_topk: int = 10  # target top-K (probabilities + ids) stored per position for training; 0 = none
+    engine: Literal["transformers", "sglang"] = "transformers"  # who runs the target (SGLangHiddenStates)
 
 
 def _versions() -> dict:
@@ -89,6 +92,64 @@ def _features(target: Target, batch: list[list[int]], extra_layers: tuple[int, .
     return res
 
 
+class SGLangHiddenStates:
+    """Target features computed by a running SGLang server: the target runs where it is served (its
+    TP, multi-node, the serving images and manifests), this process only tokenises and applies the
+    lm_head for the teacher top-K.
+
+    One `/generate` request per conversation (input ids, one new token, `return_hidden_states`),
+    `concurrency` in flight. SGLang returns the hidden state its logits processor gets: after the
+    final norm, the same `last_hidden_state` the transformers path stores. It returns rows only for
+    the tokens it prefilled, so the server must not reuse a cached prefix (`--disable-radix-cache`)
+    and must prefill a conversation in one chunk (`--chunked-prefill-size` >= --max-length); both
+    are checked on every answer. Start it with:
+      python -m sglang.launch_server --model-path <target> --enable-return-hidden-states --disable-radix-cache
+    """
+
+    def __init__(self, url: str, parts: TargetParts, tokenizer, concurrency: int = 8, timeout_s: float = 600.0):
+        self.url, self.parts, self.tokenizer = url.rstrip("/"), parts, tokenizer
+        self.config, self.concurrency, self.timeout_s = parts.config, max(1, concurrency), timeout_s
+
+    def _one(self, ids: list[int]) -> torch.Tensor:
+        import httpx  # huggingface_hub's HTTP client, always installed
+
+        body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
+                "return_hidden_states": True}
+        try:
+            r = httpx.post(self.url + "/generate", json=body, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise HassError(f"SGLang server at {self.url} unreachable: {exc}") from exc
+        if r.status_code != 200:
+            raise HassError(f"SGLang server at {self.url} answered {r.status_code}: {r.text[:300]} "
+                            "(is it started with --enable-return-hidden-states?)")
+        hidden = r.json()["meta_info"].get("hidden_states")
+        if not hidden:
+            raise HassError(f"SGLang server at {self.url} returned no hidden states: start it with "
+                            "--enable-return-hidden-states")
+        rows = torch.tensor(hidden[0], dtype=torch.float32)
+        if rows.shape != (len(ids), self.config.hidden_size):
+            raise HassError(f"SGLang returned hidden states of shape {tuple(rows.shape)} for a {len(ids)}-token "
+                            f"prompt (hidden size {self.config.hidden_size}): it reused a cached prefix or "
+                            "prefilled in chunks; start it with --disable-radix-cache and a --chunked-prefill-size "
+                            "of at least --max-length")
+        return rows
+
+    def features(self, batch: list[list[int]], extra_layers: tuple[int, ...], teacher_k: int) -> list[dict]:
+        if extra_layers:
+            raise HassError("--extra-layers needs the transformers engine (SGLang returns the last hidden state only)")
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            hidden = list(pool.map(self._one, batch))
+        res = []
+        for h in hidden:
+            item = {"hidden": h}
+            if teacher_k:
+                logits = torch.nn.functional.linear(h, self.parts.lm_head_weight.float())
+                p, ids = teacher_topk(logits, teacher_k)
+                item["teacher_p"], item["teacher_ids"] = p.float(), ids.to(torch.int32)
+            res.append(item)
+        return res
+
+
 def _shard(target: Target, cfg: FeatureConfig, chunk, storage) -> tuple[dict | None, dict]:
     """Features of one shard's conversations: (tensors to save or None, its manifest entry)."""
     samples, skipped, truncated = [], Counter(), 0
@@ -107,7 +168,8 @@ def _shard(target: Target, cfg: FeatureConfig, chunk, storage) -> tuple[dict | N
         while j < len(order) and (j - i + 1) * len(samples[order[j]][1]) <= cfg.batch_tokens:
             j += 1
         batch = [samples[k][1] for k in order[i:j]]
-        for k, f in zip(order[i:j], _features(target, batch, cfg.extra_layers, cfg.teacher_topk)):
+        compute = target.features if isinstance(target, SGLangHiddenStates) else lambda *a: _features(target, *a)
+        for k, f in zip(order[i:j], compute(batch, cfg.extra_layers, cfg.teacher_topk)):
             feats[k] = f
         i = j
     lengths = [len(s[1]) for s in samples]
@@ -137,19 +199,27 @@ def _totals(manifest: dict) -> None:
     manifest["skipped"] = dict(skipped)
 
 
-def extract_features(target: Target, cfg: FeatureConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) feature extraction; returns the manifest.
+def extract_features(target: Target | SGLangHiddenStates, cfg: FeatureConfig, out_dir: str | Path,
+                     progress: bool = True) -> dict:
+    """Run (or resume) feature extraction; returns the manifest. `target`: a loaded target
+    (transformers) or an SGLang server (`SGLangHiddenStates`); cfg.engine says which.
 
     Data-parallel under torchrun (an initialised torch.distributed group): rank r computes the
     shards whose index is r modulo the world size and records them in its own
     `progress.rank{r}.json`; rank 0 merges every rank's entries into manifest.json at the end. A
     resumed run, with any number of ranks, skips every shard recorded in either place."""
+    if isinstance(target, SGLangHiddenStates) != (cfg.engine == "sglang"):
+        raise HassError(f"features: engine {cfg.engine!r} but the target is {type(target).__name__}")
     rank, world = rank_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)
-    if manifest is not None and manifest["config"] != cfg.model_dump(mode="json"):
-        raise HassError(f"{out_dir} holds features made with a different config; use a new folder")
+    if manifest is not None:
+        # the stored config with today's defaults for fields it predates
+        stored, wanted = FeatureConfig(**manifest["config"]).model_dump(mode="json"), cfg.model_dump(mode="json")
+        if stored != wanted:
+            diff = ", ".join(f"{k} {stored[k]!r} -> {wanted[k]!r}" for k in wanted if stored[k] != wanted[k])
+            raise HassError(f"{out_dir} holds features made with a different config ({diff}); use a new folder")
     if manifest is not None and manifest.get("format_version", 1) < 2:
         if manifest.get("complete"):
             return manifest  # a finished older-format set stays usable as it is

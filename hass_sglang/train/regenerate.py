@@ -5,19 +5,26 @@ than on ChatGPT's answers) removes a distribution shift; the EAGLE/HASS and Medu
 recommend it. Only the first exchange is kept: the user's first message (and a leading system
 message) plus the target's answer; later turns would need the target's earlier answers anyway.
 
-Batched `generate` over length-sorted prompts (left padding). Resumable: each batch is written
-atomically as one part file under `<out>.parts/`; a restarted run skips finished parts, then the
-parts are merged into `<out>` (atomic). Greedy by default (what T=0 decoding emits); with
-`temperature > 0` batch i samples from a generator seeded with (seed, i), so a resumed run
-produces the same data as an uninterrupted one.
+Two engines write the answers: the target in transformers (batched `generate` over length-sorted
+prompts, left padding), or any OpenAI-compatible chat endpoint (`Endpoint`: an SGLang server with
+its continuous batching, TP and multi-node, `--concurrency` requests in flight). Resumable either
+way: each batch of conversations is written atomically as one part file under `<out>.parts/` once
+all its answers are in; a restarted run skips finished parts, then the parts are merged into
+`<out>` (atomic), so every conversation is answered exactly once in the output. Greedy by default
+(what T=0 decoding emits); with `temperature > 0` batch i samples from a generator seeded with
+(seed, i) (an endpoint gets a per-conversation `seed`), so a resumed run produces the same data as
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from typing import Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -43,6 +50,7 @@ class RegenerateConfig(BaseModel):
     # Keep only this many (shortest prompts first). Not part of the resume check: it leaves the
     # earlier batches as they were, so it may change between runs (e.g. to stop a long run early).
     max_conversations: int | None = None
+    engine: Literal["transformers", "endpoint"] = "transformers"  # who answers (part of the resume check)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -50,7 +58,10 @@ class RegenerateConfig(BaseModel):
         return tuple(str(x) for x in ([v] if isinstance(v, (str, Path)) else v))
 
     def resume_settings(self) -> dict:
-        return {"data": list(self.data), **self.model_dump(exclude={"data", "max_conversations"})}
+        settings = {"data": list(self.data), **self.model_dump(exclude={"data", "max_conversations"})}
+        if self.engine == "transformers":  # parts folders from before the endpoint engine stay resumable
+            settings.pop("engine")
+        return settings
 
 
 @dataclass
@@ -94,7 +105,64 @@ def _generate_batch(target, prompts: list[list[int]], max_new_tokens: int, tempe
     return res
 
 
-def regenerate(target, cfg: RegenerateConfig, out: str | Path, progress: bool = True) -> RegenerationReport:
+class Endpoint:
+    """An OpenAI-compatible chat endpoint that answers (e.g. `python -m sglang.launch_server ...`):
+    `concurrency` requests in flight (the server batches them), the client's bounded retries with
+    backoff on connection errors, 429 and 5xx. `tokenizer`: the target's, for the prompt-length
+    filter and token counts (the weights stay with the server)."""
+
+    def __init__(self, url: str, tokenizer, model: str | None = None, concurrency: int = 8, retries: int = 3,
+                 timeout_s: float = 600.0):
+        try:
+            from openai import OpenAI
+        except ImportError as exc:
+            raise DataError("--endpoint needs the openai client: pip install 'hass-sglang[sglang]' or openai") from exc
+        if concurrency < 1:
+            raise DataError("--concurrency must be >= 1")
+        base = url.rstrip("/")
+        self.client = OpenAI(base_url=base if base.endswith("/v1") else base + "/v1", api_key="EMPTY",
+                             max_retries=retries, timeout=timeout_s)
+        self.tokenizer, self.concurrency = tokenizer, concurrency
+        try:
+            self.model = model or self.client.models.list().data[0].id
+        except Exception as exc:  # openai raises its own connection / status errors
+            raise DataError(f"no OpenAI-compatible endpoint at {url}: {exc}") from exc
+
+    def answer(self, messages: list[dict], max_new_tokens: int, temperature: float, seed: int) -> dict:
+        r = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
+                                                temperature=temperature, seed=seed if temperature > 0 else None)
+        choice = r.choices[0]
+        return {"answer": choice.message.content or "", "tokens": r.usage.completion_tokens,
+                "cut": choice.finish_reason == "length"}
+
+
+def _target_answers(target, pending, cfg: RegenerateConfig) -> Iterator[tuple[int, list[dict]]]:
+    for b, batch in pending:
+        answers = _generate_batch(target, [x[2] for x in batch], cfg.max_new_tokens, cfg.temperature, cfg.seed * 100003 + b)
+        yield b, [{"answer_ids": ans} for ans in answers]
+
+
+def _endpoint_answers(endpoint: Endpoint, pending, cfg: RegenerateConfig) -> Iterator[tuple[int, list[dict]]]:
+    """Every pending conversation in flight through one pool; a batch is yielded when its answers are all in."""
+    with ThreadPoolExecutor(endpoint.concurrency) as pool:
+        futures = [(b, [pool.submit(endpoint.answer, msgs, cfg.max_new_tokens, cfg.temperature,
+                                    cfg.seed * 100003 + b * 1000 + i)
+                        for i, (_, msgs, _) in enumerate(batch)]) for b, batch in pending]
+        try:
+            for b, fs in futures:
+                yield b, [f.result() for f in fs]
+        finally:
+            for _, fs in futures:  # a failure or a kill: drop what has not started
+                for f in fs:
+                    f.cancel()
+
+
+def regenerate(source, cfg: RegenerateConfig, out: str | Path, progress: bool = True) -> RegenerationReport:
+    """`source`: a loaded `Target` (transformers) or an `Endpoint`; cfg.engine must say which."""
+    endpoint = isinstance(source, Endpoint)
+    if endpoint != (cfg.engine == "endpoint"):
+        raise DataError(f"regenerate: engine {cfg.engine!r} but the source is {type(source).__name__}")
+    tokenizer = source.tokenizer
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
@@ -106,7 +174,7 @@ def regenerate(target, cfg: RegenerateConfig, out: str | Path, progress: bool = 
     convs = [c for d in cfg.data for c in load_sharegpt(d)[: cfg.limit]]  # --limit applies per file
     for conv in convs:
         msgs = first_exchange_prompt(conv)
-        ids = target.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         if len(ids) > max_prompt_tokens:
             report.skipped["prompt longer than max_prompt_tokens"] += 1
             continue
@@ -116,24 +184,29 @@ def regenerate(target, cfg: RegenerateConfig, out: str | Path, progress: bool = 
         report.skipped["beyond max_conversations"] += max(len(items) - cfg.max_conversations, 0)
         items = items[: cfg.max_conversations]
     batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
-    for b, batch in enumerate(tqdm(batches, desc="regenerate", disable=not progress)):
-        part = parts / f"part-{b:05d}.json"
-        if part.is_file():
-            continue
-        answers = _generate_batch(target, [x[2] for x in batch], max_new_tokens, cfg.temperature, cfg.seed * 100003 + b)
-        rows = [{"id": cid, "messages": msgs, "answer_ids": ans} for (cid, msgs, _), ans in zip(batch, answers)]
-        write_json_atomic(part, rows)
+    pending = [(b, batch) for b, batch in enumerate(batches) if not (parts / f"part-{b:05d}.json").is_file()]
+    answers = _endpoint_answers(source, pending, cfg) if endpoint else _target_answers(source, pending, cfg)
+    bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc="regenerate", disable=not progress)
+    for b, got in answers:
+        rows = [{"id": cid, "messages": msgs, **ans} for (cid, msgs, _), ans in zip(batches[b], got)]
+        write_json_atomic(parts / f"part-{b:05d}.json", rows)
+        bar.update()
+    bar.close()
 
     merged = []
     for b in range(len(batches)):
         for row in json.loads((parts / f"part-{b:05d}.json").read_text()):
-            text = target.tokenizer.decode(row["answer_ids"], skip_special_tokens=True).strip()
+            if "answer_ids" in row:  # transformers: token ids, decoded here
+                text = tokenizer.decode(row["answer_ids"], skip_special_tokens=True).strip()
+                tokens, cut = len(row["answer_ids"]), len(row["answer_ids"]) >= max_new_tokens
+            else:
+                text, tokens, cut = row["answer"].strip(), row["tokens"], row["cut"]
             if not text:
                 report.skipped["empty answer"] += 1
                 continue
             report.kept += 1
-            report.new_tokens += len(row["answer_ids"])
-            report.hit_max_new_tokens += len(row["answer_ids"]) >= max_new_tokens
+            report.new_tokens += tokens
+            report.hit_max_new_tokens += cut
             conv = Conversation(row["id"], row["messages"] + [{"role": "assistant", "content": text}])
             merged.append(conv.to_sharegpt())
     write_json_atomic(out, merged)
