@@ -169,6 +169,26 @@ def cmd_regenerate(args) -> int:
     return 0
 
 
+def _dry_run(args, head: str, parallel: str, batch_size: int, max_length: int, align_steps: int) -> int:
+    """`--dry-run` of features / train: the plan from the target's config alone (train/plan.py)."""
+    from pathlib import Path
+
+    from hass_sglang.target import load_target_config
+    from hass_sglang.train.plan import SHIPPED_TARGETS, RunPaths, plan_training, render, shipped_target_config
+
+    shipped = args.target in SHIPPED_TARGETS or Path(args.target).name.lower() in {
+        Path(f).stem for f in SHIPPED_TARGETS.values()}
+    config = shipped_target_config(args.target) if shipped else load_target_config(args.target)
+    plan = plan_training(config, head=head, gpus_per_node=args.gpus_per_node, nodes=args.nodes, parallel=parallel,
+                         batch_size=batch_size, max_length=max_length, storage_dtype=getattr(args, "storage_dtype", "bfloat16"),
+                         gpu_memory_gib=args.gpu_memory_gib, align_steps=align_steps,
+                         paths=RunPaths(target=args.target, data=getattr(args, "data", "data.json"),
+                                        features=getattr(args, "features", None) or getattr(args, "out", "features"),
+                                        out=args.out))
+    print(render(plan))
+    return 0
+
+
 def cmd_features(args) -> int:
     import torch
 
@@ -177,6 +197,8 @@ def cmd_features(args) -> int:
     from hass_sglang.train.distributed import init_distributed, is_main_process, resolve_device
     from hass_sglang.train.features import FeatureConfig, SGLangHiddenStates, extract_features
 
+    if args.dry_run:
+        return _dry_run(args, "eagle", "ddp", 1, args.max_length, 3)
     torch.set_num_threads(args.threads)
     cfg = FeatureConfig(
         data=args.data, target=args.target, max_length=args.max_length, shard_size=args.shard_size,
@@ -188,8 +210,8 @@ def cmd_features(args) -> int:
             raise ConfigError("--engine sglang needs --endpoint URL (a server started with --enable-return-hidden-states "
                               "--disable-radix-cache)")
         # the server runs the target; here only the tokenizer and the lm_head (teacher top-K)
-        target = SGLangHiddenStates(args.endpoint, load_target_parts(args.target), load_tokenizer(args.target),
-                                    concurrency=args.concurrency)
+        parts = load_target_parts(args.target, device=resolve_device(args.device))
+        target = SGLangHiddenStates(args.endpoint, parts, load_tokenizer(args.target), concurrency=args.concurrency)
     else:
         device = resolve_device(args.device)
         init_distributed(device)
@@ -209,6 +231,9 @@ def cmd_train(args) -> int:
     from hass_sglang.train.distributed import init_distributed, resolve_device
     from hass_sglang.train.trainer import TrainConfig, train
 
+    if args.dry_run:
+        return _dry_run(args, args.head, args.parallel, args.batch_size, args.max_length,
+                        args.align_steps if args.objective == "hass" else 1)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     init_distributed(device)
@@ -333,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--endpoint", help="with --engine sglang: the server URL (started with --enable-return-hidden-states "
                    "--disable-radix-cache)")
     f.add_argument("--concurrency", type=int, default=8, help="with --engine sglang: requests in flight")
+    f.add_argument("--dry-run", action="store_true",
+                   help="print the plan for big targets (parameters, bytes, memory per GPU, commands) from the "
+                        "target's config.json alone, and exit; shipped configs: meta-llama/Llama-3.1-8B-Instruct, "
+                        "deepseek-ai/DeepSeek-R1")
+    f.add_argument("--gpus-per-node", type=int, default=8, help="with --dry-run")
+    f.add_argument("--nodes", type=int, default=1, help="with --dry-run")
+    f.add_argument("--gpu-memory-gib", type=float, default=80.0, help="with --dry-run")
     f.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_features)
 
@@ -357,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     t.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard) for heads too large to replicate")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the plan for big targets (parameters, bytes, memory per GPU, commands) from the "
+                        "target's config.json alone, and exit; shipped configs: meta-llama/Llama-3.1-8B-Instruct, "
+                        "deepseek-ai/DeepSeek-R1")
+    t.add_argument("--gpus-per-node", type=int, default=8, help="with --dry-run")
+    t.add_argument("--nodes", type=int, default=1, help="with --dry-run")
+    t.add_argument("--gpu-memory-gib", type=float, default=80.0, help="with --dry-run")
+    t.add_argument("--max-length", type=int, default=2048, help="with --dry-run: tokens per sequence of the features")
     t.set_defaults(func=cmd_train)
     return p
 

@@ -175,12 +175,28 @@ class MTPHead(DraftHead):
         self.eh_proj = nn.Linear(2 * h, h, bias=False)
         self.layers = nn.ModuleList([layer_cls(config, layer_idx=0)])
         self.shared_head_norm = norm_cls(h, eps=eps)
+        if is_deepseek(config):
+            _init_routed_experts(self.layers[0], config.initializer_range)
 
     def fuse_inputs(self, embeds, prev_features):
         return self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(prev_features)), dim=-1))
 
     def finish(self, hidden):
         return self.shared_head_norm(hidden)
+
+
+@torch.no_grad()
+def _init_routed_experts(layer: nn.Module, std: float) -> None:
+    """transformers builds a DeepSeek MoE with its router zeroed and its fused expert matrices
+    uninitialised (its models' `_init_weights` fills them); a layer built alone must do it, or a
+    fresh head's experts never get a gradient."""
+    for module in layer.modules():
+        kind = type(module).__name__
+        if kind.endswith("TopkRouter"):
+            nn.init.normal_(module.weight, std=std)
+        elif kind.endswith("Experts"):
+            for param in module.parameters(recurse=False):
+                nn.init.normal_(param, std=std)
 
 
 _HEAD_CLASSES: dict[str, type[DraftHead]] = {"eagle": EagleHead, "mtp": MTPHead}

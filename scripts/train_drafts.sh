@@ -6,6 +6,8 @@
 #   bash scripts/setup_env.sh && bash scripts/train_drafts.sh            # RUN=runs/v2 by default
 #   SHIP=1 bash scripts/train_drafts.sh                                   # also copy drafts into hass_sglang/drafts/
 #   SHIP_ONLY=1 bash scripts/train_drafts.sh                              # only copy finished drafts
+#   ENGINE=sglang bash scripts/train_drafts.sh                            # answers and features from an SGLang server
+#   ENGINE=sglang RUN=/tmp/smoke CONVERSATIONS=16 STOP_AFTER=features bash scripts/train_drafts.sh   # a smoke run
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -15,6 +17,7 @@ EPOCHS="${EPOCHS:-5}"          # epochs of every from-scratch draft
 CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the DeepSeek-R1 recipe)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
+CONVERSATIONS="${CONVERSATIONS:-544}"  # self-distilled conversations (the shipped drafts: 544)
 hass=".venv/bin/hass"
 mkdir -p "$RUN"
 step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
@@ -33,21 +36,42 @@ PY
 }
 if [ "${SHIP_ONLY:-0}" = 1 ]; then ship; exit 0; fi
 
+# ENGINE=sglang: the target runs in a plain SGLang server (as it would at scale, docs/training.md);
+# regenerate talks to its OpenAI API, features read its hidden states. Default: transformers here.
+regen_engine=() feat_engine=() FEATURES="$RUN/features"
+if [ "${ENGINE:-transformers}" = sglang ]; then
+    PORT="${PORT:-30123}"
+    setsid $hass serve --vanilla --port "$PORT" -- --dtype bfloat16 --enable-return-hidden-states \
+        --disable-radix-cache --chunked-prefill-size 4096 > "$RUN/sglang-server.log" 2>&1 &
+    server=$!
+    trap 'kill -- -$server 2>/dev/null || true' EXIT
+    until curl -sf "http://127.0.0.1:$PORT/health_generate" > /dev/null; do
+        kill -0 $server 2>/dev/null || { echo "SGLang server failed: $RUN/sglang-server.log" >&2; exit 1; }; sleep 3
+    done
+    regen_engine=(--endpoint "http://127.0.0.1:$PORT" --concurrency 16)
+    feat_engine=(--engine sglang --endpoint "http://127.0.0.1:$PORT" --concurrency 8)
+    FEATURES="$RUN/features-sglang"
+fi
+
 # 1. data: ShareGPT first exchanges + GSM8K train questions (answers are replaced below)
 [ -f "$RUN/sharegpt.json" ] || step $hass data --source "$DATA/sharegpt_sample/sharegpt_v3_sample_first_exchange.json" \
     --preset sharegpt --out "$RUN/sharegpt.json"
 [ -f "$RUN/gsm8k.json" ] || step $hass data --source "$DATA/gsm8k/train.jsonl" --preset gsm8k --out "$RUN/gsm8k.json" --limit 240
 # 2. self-distillation: the target (bf16, greedy) answers every short prompt itself
 [ -f "$RUN/regen.json" ] || step $hass regenerate --data "$RUN/sharegpt.json" "$RUN/gsm8k.json" --out "$RUN/regen.json" \
-    --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32 --max-conversations 544
+    --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32 --max-conversations "$CONVERSATIONS" "${regen_engine[@]}"
 # 3. features: last hidden state + the target's top-10 next-token distribution per position
-step $hass features --data "$RUN/regen.json" --out "$RUN/features" --max-length 384 --target-dtype bfloat16
+# (fp32 storage: how the shipped drafts were made; bf16 is the default and halves the bytes)
+step $hass features --data "$RUN/regen.json" --out "$FEATURES" --max-length 384 --target-dtype bfloat16 \
+    --storage-dtype float32 "${feat_engine[@]}"
+[ -z "${server:-}" ] || { kill -- -$server; trap - EXIT; }  # the CPU is the trainer's from here
+if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
-common=(--features "$RUN/features" --epochs "$EPOCHS" --lr "$LR" --batch-size 8 --warmup-steps 20 --val-prompts 6)
+common=(--features "$FEATURES" --epochs "$EPOCHS" --lr "$LR" --batch-size 8 --warmup-steps 20 --val-prompts 6)
 step $hass train "${common[@]}" --head eagle --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/eagle2"
 step $hass train "${common[@]}" --head eagle --objective hass --draft-vocab "$VOCAB" --out "$RUN/hass"
 step $hass train "${common[@]}" --head mtp --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/mtp"
-step $hass train --features "$RUN/features" --epochs "$CONT_EPOCHS" --lr 3e-4 --batch-size 8 --val-prompts 6 \
+step $hass train --features "$FEATURES" --epochs "$CONT_EPOCHS" --lr 3e-4 --batch-size 8 --val-prompts 6 \
     --head mtp --objective hass --init-from "$RUN/mtp/draft" --out "$RUN/hass-mtp"
 # 5. evaluation: tau at T=0 and T=1 on the six eval sets, all drafts side by side
 step .venv/bin/python benchmarks/bench_drafts.py --per-set 3 --max-new-tokens 64 --json "$RUN/tau.json" \

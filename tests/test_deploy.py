@@ -560,3 +560,49 @@ def test_cpu_image_command_resolves_with_the_plugin(sglang_parser, tmp_path):
     assert resolved.device == "cpu"
     assert Path(resolved.speculative_draft_model_path) == Path(draft)
     assert (resolved.speculative_num_steps, resolved.speculative_eagle_topk, resolved.speculative_num_draft_tokens) == (4, 1, 5)
+
+
+def test_training_job_runs_torchrun_across_its_indexed_pods():
+    """deploy/k8s/train-hass-draft-job.yaml: one pod per node of an Indexed Job, the completion index
+    as torchrun's --node-rank, pod 0 reached through the headless Service as the master; the
+    launcher's argv through torch.distributed.run's own parser, the `hass train` argv through ours."""
+    import os
+
+    from torch.distributed.run import get_args_parser
+
+    docs = load_yaml_documents(ROOT / "deploy" / "k8s" / "train-hass-draft-job.yaml")
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    [svc] = [d for d in docs if d["kind"] == "Service"]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert svc["spec"]["clusterIP"] == "None" and pod["subdomain"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    [c] = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env["MASTER_ADDR"]["value"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    argv = [str(a) for a in c["command"] + c["args"]]
+    assert argv[:3] == ["python3", "-m", "torch.distributed.run"]
+    sample = {"NODE_RANK": "1", "MASTER_ADDR": env["MASTER_ADDR"]["value"]}
+    run = get_args_parser().parse_args([substitute_env(a, sample)[0] for a in argv[3:]])
+    assert int(run.nnodes) == spec["completions"] and run.node_rank == 1
+    assert int(run.nproc_per_node) == int(c["resources"]["limits"]["nvidia.com/gpu"])
+    assert run.module and run.training_script == "hass_sglang.cli" and run.master_addr == sample["MASTER_ADDR"]
+    assert str(run.master_port) in {str(p["port"]) for p in svc["spec"]["ports"]}
+    train = run.training_script_args
+
+    def flag(name):
+        return train[train.index(name) + 1]
+
+    assert train[0] == "train" and (flag("--parallel"), flag("--device")) == ("fsdp", "cuda")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    writable = [p for p, m in mounts.items() if not m.get("readOnly")]
+    for path in (flag("--features"), flag("--out")):
+        assert any(path.startswith(p + "/") for p in writable), path
+    assert any(flag("--target").startswith(p + "/") for p in mounts), flag("--target")
+    # `hass train` parses them as a user runs it (tests never import the CLI: test_layout.py); it
+    # stops after its parser, at the missing GPU or model, never at an argparse usage error
+    r = subprocess.run([sys.executable, "-m", "hass_sglang.cli", *train], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and "usage: hass" not in r.stderr, r.stderr

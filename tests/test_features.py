@@ -22,7 +22,9 @@ def all_samples(out_dir, hidden_size):
 
 
 def test_features_match_an_unbatched_forward_and_manifest_counts(tmp_path, target, small_data):
-    cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=96, shard_size=3, batch_tokens=256)
+    # fp32 storage: bit-level agreement is the point here (the default, bf16, is checked below)
+    cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=96, shard_size=3, batch_tokens=256,
+                        storage_dtype="float32")
     m = extract_features(target, cfg, tmp_path / "f", progress=False)
     assert m["complete"] and m["samples"] == 7 and len(m["shards"]) == 3
     assert m["truncated"] > 0 and m["versions"]["torch"] == torch.__version__
@@ -44,6 +46,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, target, small_data, mon
     cfg = FeatureConfig(data=str(small_data), target="smollm2", max_length=128, shard_size=2, batch_tokens=256)
     full = extract_features(target, cfg, tmp_path / "full", progress=False)
     assert full["samples"] == 7 and len(full["shards"]) == 4
+    assert full["config"]["storage_dtype"] == "bfloat16"  # the default, recorded in the manifest
+    assert all_samples(tmp_path / "full", 576)[0]["hidden"].dtype == torch.bfloat16
     real = features._features
     calls = {"n": 0}
 

@@ -142,10 +142,10 @@ class SGLangHiddenStates:
         res = []
         for h in hidden:
             item = {"hidden": h}
-            if teacher_k:
-                logits = torch.nn.functional.linear(h, self.parts.lm_head_weight.float())
-                p, ids = teacher_topk(logits, teacher_k)
-                item["teacher_p"], item["teacher_ids"] = p.float(), ids.to(torch.int32)
+            if teacher_k:  # on the lm_head's device (--device: a GPU of the client host when it has one)
+                lm = self.parts.lm_head_weight
+                p, ids = teacher_topk(torch.nn.functional.linear(h.to(lm.device, lm.dtype), lm).float(), teacher_k)
+                item["teacher_p"], item["teacher_ids"] = p.float().cpu(), ids.to(torch.int32).cpu()
             res.append(item)
         return res
 

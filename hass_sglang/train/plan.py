@@ -8,15 +8,20 @@ What is computed, and from what:
   transformers has no MTP module, so the checkpoint's own `model.layers.61` is not in that count);
 - feature bytes per token: exactly what `features._shard` stores per position;
 - GPU memory per rank for DDP and FSDP2, modelled on the trainer as it is (`trainer.train`,
-  `distributed.parallelize`): fp32 master weights, fp32 gradients, AdamW's two fp32 moments; DDP
-  also keeps its gradient buckets (`gradient_as_bucket_view` is off), FSDP2 shards every parameter
-  on dim 0 and all-gathers one decoder layer at a time in fp32 (no MixedPrecisionPolicy); every rank
-  holds the target's embedding and lm_head in fp32 (`load_target_parts`, `lm_weight`); activations
-  of the bf16-autocast step, per the formulas of `estimate_activations`.
+  `distributed.parallelize`) on CUDA: fp32 master weights, fp32 gradients, AdamW's two fp32 moments;
+  DDP also keeps its gradient buckets (`gradient_as_bucket_view` is off) and runs on fp32 weights
+  under bf16 autocast; FSDP2 shards every parameter on dim 0 and, under `parallelize`'s
+  `MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)`, all-gathers one decoder layer
+  at a time in bf16 and reduce-scatters its gradients in fp32 (`Fsdp2UnitBytes`); every rank holds
+  the target's embedding and lm_head in fp32 (`load_target_parts`, `lm_weight`); activations of the
+  bf16-autocast step, per the formulas of `estimate_activations` (which differ by engine: FSDP2's
+  forward sees bf16 weights, so autocast copies none of them).
 
 Activations are an estimate, not a measurement: the per-token terms are counted from the tensors the
 aligned forward saves for backward (checked against `torch.autograd.graph.saved_tensors_hooks` on
-tiny heads in tests/test_train_plan.py), the token-independent terms from what bf16 autocast copies.
+tiny heads in tests/test_train_plan.py, plain and under `fully_shard` with the trainer's policy), the
+token-independent terms from what bf16 autocast copies. Memory terms are summed into one peak: an
+upper bound, since some of them (an expert's zero gradient, the reduce-scatter input) never coexist.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from typing import Literal
 
 import torch
 
-from hass_sglang.heads import DraftHead, build_head, is_deepseek
+from hass_sglang.errors import ConfigError
+from hass_sglang.heads import DraftHead, HeadType, build_head, is_deepseek
+from hass_sglang.train.distributed import Parallelism
 
-HeadKind = Literal["eagle", "mtp"]
-Parallel = Literal["ddp", "fsdp"]
 FeaturesEngine = Literal["transformers", "sglang"]
 
 GIB = 2**30
@@ -59,7 +64,7 @@ def shipped_target_config(name: str):
     by_stem = {Path(f).stem: f for f in SHIPPED_TARGETS.values()}
     file = SHIPPED_TARGETS.get(name) or by_stem.get(name.lower())
     if file is None:
-        raise KeyError(f"no shipped config for {name!r}; shipped: {sorted(SHIPPED_TARGETS)}")
+        raise ConfigError(f"no shipped config for {name!r}; shipped: {sorted(SHIPPED_TARGETS)}")
     return AutoConfig.from_pretrained(TARGET_CONFIG_DIR / file)
 
 
@@ -112,7 +117,7 @@ class HeadShape:
         return self.params - self.experts
 
 
-def meta_head(kind: str, target_config) -> DraftHead:
+def meta_head(kind: HeadType, target_config) -> DraftHead:
     """The draft head `hass train` builds, on the meta device: shapes and counts, no memory. seed=None
     keeps the caller's global RNG untouched (meta init draws nothing anyway)."""
     with torch.device("meta"):
@@ -217,7 +222,7 @@ class ActivationEstimate:
     peak on top of them."""
 
     layers: int  # the head's saved tensors, per token per step
-    loss: int  # two fp32 log-softmax outputs over the vocabulary (CE and top-K distillation)
+    loss: int  # two fp32 log-softmax outputs over the vocabulary (CE, top-K distillation), SmoothL1's fp32 operands
     mask: int  # the fp32 alignment mask [B, 1, T, j*T] of each step j
     lm_head_copies: int  # a bf16 copy of the fp32 lm_head per step (F.linear keeps it for backward)
     expert_copies: int  # a bf16 copy of every routed expert per step (the eager expert loop casts a slice each call)
@@ -234,29 +239,41 @@ class ActivationEstimate:
 
 
 def estimate_activations(head: DraftHead, shape: HeadShape, *, batch_size: int, max_length: int, steps: int,
-                         vocab_size: int, compute_bytes: int = BF16, autocast: bool = True) -> ActivationEstimate:
+                         vocab_size: int, compute_bytes: int = BF16, autocast: bool = True,
+                         bf16_weights: bool = False) -> ActivationEstimate:
     """Activations of one training step of `batch_size` sequences padded to `max_length` on one rank.
 
-    Per token per step: the head's saved tensors (`head_elements`, compute dtype / fp32), 8 x V
-    bytes for the loss (cross-entropy and top-K distillation each keep an fp32 log-softmax) and
+    Per token per step: the head's saved tensors (`head_elements`, compute dtype / fp32), 8 x V + 8 x H
+    bytes for the losses (cross-entropy and top-K distillation each keep an fp32 log-softmax over
+    the vocabulary; SmoothL1 keeps the fp32 next-feature target and a difference) and
     4 x T x (steps + 1) / 2 bytes for the mask. Per step, independent of tokens, under bf16 autocast
     only (fp32 weights are otherwise used in place): a bf16 lm_head copy (2 V H) and, for MoE heads,
     a bf16 copy of each routed expert (2 x experts: with B x T x top-k routings >= experts every
     expert is hit). Once: autocast's cache of the dense parameters (2 x dense). Transient: one
     step's logits, fp32 + bf16 (6 V bytes per token), or one expert's backward, whose `select`
-    allocates the full fused expert tensor as an fp32 zero gradient (4 x largest expert tensor)."""
+    allocates the full fused expert tensor as a zero gradient in the weights' dtype (4 x largest
+    expert tensor in fp32).
+
+    `bf16_weights`: the forward sees bf16 parameters, as under FSDP2 with `parallelize`'s policy on
+    CUDA (`param_dtype=bfloat16`). Autocast then copies none of the head's weights (no expert copies,
+    no weight cache: a slice of a bf16 parameter is a view of the all-gathered unit, already counted
+    in `Fsdp2UnitBytes`), the root casts its float inputs to bf16 (`cast_forward_inputs`), so the
+    masks, built in the embeddings' dtype, are bf16, and the expert's zero gradient is bf16. The
+    frozen fp32 lm_head is outside the wrapped module: its per-step bf16 copy stays."""
     tokens = batch_size * max_length
     el = head_elements(head, steps)
     per_token_layers = el.compute * compute_bytes + el.fp32 * FP32
     logits_bytes = (FP32 + (BF16 if autocast else 0)) * vocab_size
+    copies = autocast and not bf16_weights
+    mask_bytes, grad_bytes = (BF16, BF16) if bf16_weights else (FP32, FP32)
     return ActivationEstimate(
         layers=steps * tokens * per_token_layers,
-        loss=steps * tokens * 2 * FP32 * vocab_size,
-        mask=batch_size * FP32 * max_length * max_length * steps * (steps + 1) // 2,
+        loss=steps * tokens * 2 * FP32 * (vocab_size + head.hidden_size),
+        mask=batch_size * mask_bytes * max_length * max_length * steps * (steps + 1) // 2,
         lm_head_copies=steps * BF16 * vocab_size * head.hidden_size if autocast else 0,
-        expert_copies=steps * BF16 * shape.experts if autocast else 0,
-        autocast_cache=BF16 * shape.dense if autocast else 0,
-        transient=max(tokens * logits_bytes, FP32 * shape.largest_expert_tensor),
+        expert_copies=steps * BF16 * shape.experts if copies else 0,
+        autocast_cache=BF16 * shape.dense if copies else 0,
+        transient=max(tokens * logits_bytes, grad_bytes * shape.largest_expert_tensor),
     )
 
 
@@ -266,17 +283,60 @@ def estimate_activations(head: DraftHead, shape: HeadShape, *, batch_size: int, 
 
 
 @dataclass(frozen=True)
+class Fsdp2UnitBytes:
+    """Bytes per parameter of an FSDP2 unit (one `fully_shard`-ed decoder layer) while it is
+    unsharded, under `distributed.parallelize`'s policy on CUDA, `MixedPrecisionPolicy(param_dtype=
+    bfloat16, reduce_dtype=float32)`, as torch 2.14's `torch/distributed/fsdp/_fully_shard/` runs it:
+
+    - `weights`: the all-gather outputs, in param_dtype: the forward and backward use these bf16
+      tensors (the fp32 shards stay the master weights the optimizer steps);
+    - `staging`: the flat all-gather buffer, in param_dtype, copied out per parameter
+      (`split_with_sizes_copy`); in backward freed right after the copy-out, in forward kept until
+      the next unshard's wait (two flat buffers then, with no gradients: under the backward peak);
+    - `grads`: autograd's gradient of the unsharded parameter, in its dtype, bf16. A layer the HASS
+      forward calls once per aligning step is one leaf for autograd: its gradient is summed over the
+      steps (in bf16) and reduced once, at the post-backward of its first call (the last to run);
+    - `reduce_input`: the reduce-scatter input in reduce_dtype, fp32: `foreach_reduce` allocates it
+      after the unit is resharded (the bf16 weights are freed first), casts the bf16 gradients into
+      it (`chunk_cat`), then frees them; FSDP2 keeps it referenced until the next unit's
+      post-backward (`reduce_scatter_max_input_buffers`, default 1). The reduced fp32 shard becomes
+      (or is added to) the sharded fp32 gradient.
+
+    The unit's peak is the larger of two moments: a later step's re-gather in backward (weights,
+    staging and the gradients summed so far) and the copy-in (gradients and reduce-scatter input).
+    FSDP2's root (the parameters outside the layers) is not resharded after forward: its bf16
+    weights and gradients live through backward, beside the layer's peak. Every head `build_head`
+    makes has one decoder layer, so no other layer's reduce-scatter input is alive at that peak."""
+
+    weights: int = BF16
+    staging: int = BF16
+    grads: int = BF16
+    reduce_input: int = FP32
+
+    @property
+    def unit_peak(self) -> int:
+        return self.grads + max(self.weights + self.staging, self.reduce_input)
+
+    @property
+    def root(self) -> int:
+        return self.weights + self.grads
+
+
+FSDP2_CUDA = Fsdp2UnitBytes()
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per GPU under one engine."""
 
     parallel: str
     weights: int  # fp32 master weights (a shard under FSDP2)
-    grads: int  # fp32 gradients
+    grads: int  # fp32 gradients (a shard under FSDP2)
     optimizer: int  # AdamW exp_avg + exp_avg_sq, fp32
     ddp_buckets: int  # DDP's flat gradient buckets (a second gradient copy)
-    fsdp_unsharded: int  # FSDP2: one layer's all-gathered fp32 weights + its unsharded fp32 gradients, the root's weights
+    fsdp_unsharded: int  # FSDP2: the largest layer unsharded (`Fsdp2UnitBytes`), the root's bf16 weights + grads
     frozen_target: int  # embedding + lm_head, fp32 (both, even when tied: two `.to(device)` copies)
-    activations: int
+    activations: int  # this engine's `ActivationEstimate.total`
     init_peak: int  # before the first step: the whole fp32 head on the GPU (moved before `fully_shard`)
 
     @property
@@ -292,15 +352,19 @@ class MemoryEstimate:
         return max(self.step_peak, self.init_peak)
 
 
-def memory_per_gpu(parallel: str, shape: HeadShape, world: int, frozen_target: int, activations: int) -> MemoryEstimate:
+def memory_per_gpu(parallel: Parallelism, shape: HeadShape, world: int, frozen_target: int,
+                   activations: int, fsdp_bytes: Fsdp2UnitBytes = FSDP2_CUDA) -> MemoryEstimate:
     """DDP replicates the head and its optimizer; FSDP2 shards them over the world (a world of one
-    runs unwrapped: `parallelize` returns the module as is)."""
+    runs unwrapped: `parallelize` returns the module as is). The init peak: the fp32 head moved to
+    the GPU whole (`trainer.train` moves it before `broadcast_parameters` and `parallelize`) beside
+    the frozen target; `fully_shard` copies the shards out of it and the originals are freed when it
+    returns, so FSDP2 adds the fp32 shards."""
     full = shape.params
     if parallel == "fsdp" and world > 1:
         shard = shape.sharded
-        return MemoryEstimate("fsdp", FP32 * shard, FP32 * shard, 2 * FP32 * shard, 0,
-                              2 * FP32 * shape.largest_layer + FP32 * shape.root, frozen_target, activations,
-                              FP32 * full + frozen_target)
+        unsharded = fsdp_bytes.unit_peak * shape.largest_layer + fsdp_bytes.root * shape.root
+        return MemoryEstimate("fsdp", FP32 * shard, FP32 * shard, 2 * FP32 * shard, 0, unsharded, frozen_target,
+                              activations, FP32 * (full + shard) + frozen_target)
     buckets = FP32 * full if parallel == "ddp" and world > 1 else 0
     return MemoryEstimate(parallel, FP32 * full, FP32 * full, 2 * FP32 * full, buckets, 0, frozen_target,
                           activations, FP32 * full + frozen_target)
@@ -342,7 +406,8 @@ class TrainingPlan:
     target_params: int
     shape: HeadShape
     features: FeatureBytes
-    activations: ActivationEstimate
+    activations: ActivationEstimate  # DDP (and a world of one): fp32 weights under bf16 autocast
+    fsdp_activations: ActivationEstimate  # FSDP2 on CUDA: bf16-gathered weights (`bf16_weights`)
     ddp: MemoryEstimate
     fsdp: MemoryEstimate
     host_bytes_per_node: int
@@ -386,9 +451,11 @@ def _shell(argv: list[str]) -> str:
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in argv)
 
 
-def plan_commands(paths: RunPaths, *, head: str, parallel: str, gpus_per_node: int, nodes: int, batch_size: int,
-                  max_length: int, align_steps: int, storage_dtype: str, teacher_topk: int, engine: FeaturesEngine,
-                  init_from_target: bool) -> tuple[tuple[str, str], ...]:
+def plan_commands(paths: RunPaths, *, head: HeadType, parallel: Parallelism, gpus_per_node: int, nodes: int,
+                  batch_size: int, max_length: int, align_steps: int, storage_dtype: str, teacher_topk: int,
+                  engine: FeaturesEngine, init_from_target: bool) -> tuple[tuple[str, str], ...]:
+    """(what it does, command line) of each step: features (an SGLang server and `hass features
+    --engine sglang`, or transformers under torchrun), then `torchrun ... train`."""
     feature_args = ["--target", paths.target, "--data", paths.data, "--out", paths.features, "--max-length",
                     str(max_length), "--storage-dtype", storage_dtype, "--teacher-topk", str(teacher_topk)]
     if engine == "sglang":
@@ -406,7 +473,8 @@ def plan_commands(paths: RunPaths, *, head: str, parallel: str, gpus_per_node: i
     train = [*_torchrun(gpus_per_node, nodes), "-m", "hass_sglang.cli", "train", "--target", paths.target,
              "--features", paths.features, "--out", paths.out, "--head", head, "--parallel", parallel,
              "--device", "cuda", "--batch-size", str(batch_size)]
-    train += ["--objective", "hass", "--align-steps", str(align_steps)] if align_steps > 1 else ["--objective", "eagle2"]
+    objective = ["--objective", "hass", "--align-steps", str(align_steps)] if align_steps > 1 else ["--objective", "eagle2"]
+    train += objective
     if teacher_topk:
         train += ["--distill-topk", str(teacher_topk)]  # what the features store: no top-K recomputed from the lm_head
     if init_from_target:
@@ -418,10 +486,10 @@ def plan_commands(paths: RunPaths, *, head: str, parallel: str, gpus_per_node: i
 def plan_training(
     target_config,
     *,
-    head: str = "eagle",
+    head: HeadType = "eagle",
     gpus_per_node: int,
     nodes: int,
-    parallel: str,
+    parallel: Parallelism,
     batch_size: int,
     max_length: int,
     storage_dtype: str = "bfloat16",
@@ -437,17 +505,21 @@ def plan_training(
     sequence (`hass features --max-length`); `align_steps`: HASS n (1 = EAGLE-2)."""
     started = time.perf_counter()
     if head not in ("eagle", "mtp") or parallel not in ("ddp", "fsdp") or storage_dtype not in STORAGE_BYTES:
-        raise ValueError(f"head eagle|mtp, parallel ddp|fsdp, storage_dtype {'|'.join(STORAGE_BYTES)}; "
-                         f"got {head!r}, {parallel!r}, {storage_dtype!r}")
-    if min(gpus_per_node, nodes, batch_size, max_length, align_steps) < 1 or teacher_topk < 0 or gpu_memory_gib <= RESERVED_GIB:
-        raise ValueError("gpus_per_node, nodes, batch_size, max_length, align_steps must be >= 1, teacher_topk >= 0, "
-                         f"gpu_memory_gib > {RESERVED_GIB}")
+        raise ConfigError(f"head eagle|mtp, parallel ddp|fsdp, storage_dtype {'|'.join(STORAGE_BYTES)}; "
+                          f"got {head!r}, {parallel!r}, {storage_dtype!r}")
+    if min(gpus_per_node, nodes, batch_size, max_length, align_steps) < 1 or teacher_topk < 0 \
+            or gpu_memory_gib <= RESERVED_GIB:
+        raise ConfigError("gpus_per_node, nodes, batch_size, max_length, align_steps must be >= 1, teacher_topk >= 0, "
+                          f"gpu_memory_gib > {RESERVED_GIB}")
     world = gpus_per_node * nodes
     module = meta_head(head, target_config)
     shape = head_shape(module, world)
     hidden, vocab = int(target_config.hidden_size), int(target_config.vocab_size)
     activations = estimate_activations(module, shape, batch_size=batch_size, max_length=max_length, steps=align_steps,
                                        vocab_size=vocab)
+    # a world of one runs unwrapped (`parallelize`): fp32 weights, as under DDP
+    fsdp_activations = estimate_activations(module, shape, batch_size=batch_size, max_length=max_length,
+                                            steps=align_steps, vocab_size=vocab, bf16_weights=world > 1)
     frozen = frozen_target_bytes(vocab, hidden)
     target_params = count_target_params(target_config)
     engine = _features_engine(target_params, gpu_memory_gib)
@@ -463,8 +535,9 @@ def plan_training(
         storage_dtype=storage_dtype, teacher_topk=teacher_topk, gpu_memory_gib=gpu_memory_gib, hidden_size=hidden,
         vocab_size=vocab, target_params=target_params, shape=shape,
         features=feature_bytes(hidden, storage_dtype, teacher_topk), activations=activations,
+        fsdp_activations=fsdp_activations,
         ddp=memory_per_gpu("ddp", shape, world, frozen, activations.total),
-        fsdp=memory_per_gpu("fsdp", shape, world, frozen, activations.total),
+        fsdp=memory_per_gpu("fsdp", shape, world, frozen, fsdp_activations.total),
         host_bytes_per_node=host_bytes_per_node(shape, gpus_per_node, vocab, hidden,
                                                 bool(getattr(target_config, "tie_word_embeddings", False))),
         features_engine=engine, commands=commands, seconds=time.perf_counter() - started,
@@ -494,21 +567,23 @@ def _gib(n: int) -> str:
 
 
 def render(plan: TrainingPlan) -> str:
-    """The plan as Markdown: one table of sizes, one of memory per GPU (DDP and FSDP2), the commands."""
-    s, f, a = plan.shape, plan.features, plan.activations
+    """The plan as Markdown: one table of sizes, one of memory per GPU (DDP and FSDP2), one of the
+    activations behind it, the commands."""
+    s, f = plan.shape, plan.features
     engine = {"ddp": "DDP", "fsdp": "FSDP2"}
     tokens = plan.batch_size * plan.max_length
     experts = f"; routed experts {_b(s.experts)}" if s.experts else ""
-    target_note = " (transformers' model: the checkpoint's own MTP layer is not in it)" if plan.model_type == "deepseek_v3" else ""
+    target_note = " (transformers' model: the checkpoint's own MTP layer is not in it)" if is_deepseek(plan) else ""
     lines = [
-        f"### {plan.target}: {plan.head} head, {plan.nodes} node(s) x {plan.gpus_per_node} GPUs "
-        f"({plan.gpu_memory_gib:g} GiB), {engine[plan.parallel]}",
+        f"### {plan.target}: {plan.head} head, {plan.nodes} node{'s' if plan.nodes > 1 else ''} x "
+        f"{plan.gpus_per_node} GPUs ({plan.gpu_memory_gib:g} GiB), {engine[plan.parallel]}",
         "",
         "| | |",
         "|---|---|",
         f"| target parameters | {_b(plan.target_params)}{target_note} |",
         f"| head parameters (trainable) | {_b(s.params)} (largest FSDP2 unit {_b(s.largest_layer)}{experts}) |",
-        f"| feature bytes per token | {f.per_token:,} = hidden {plan.hidden_size} x {STORAGE_BYTES[plan.storage_dtype]} "
+        f"| feature bytes per token | {f.per_token:,} = hidden {plan.hidden_size} x "
+        f"{STORAGE_BYTES[plan.storage_dtype]} "
         f"({plan.storage_dtype}) + top-{plan.teacher_topk} probs {f.teacher_p} (fp32) + ids {f.teacher_ids} (int32) "
         f"+ input_id 4 + loss_mask 1 (+ {f.per_sample} per sample) |",
         f"| features for 1M tokens | {f.per_token * 1e6 / 1e9:.2f} GB |",
@@ -522,7 +597,8 @@ def render(plan: TrainingPlan) -> str:
         "|---|---:|---:|",
     ]
     rows = [("head weights fp32", "weights"), ("gradients fp32", "grads"), ("AdamW moments 2 x fp32", "optimizer"),
-            ("DDP gradient buckets", "ddp_buckets"), ("FSDP2 gathered layer (weights + grads)", "fsdp_unsharded"),
+            ("DDP gradient buckets", "ddp_buckets"),
+            ("FSDP2 unsharded layer (bf16 weights + bf16 grads + fp32 reduce-scatter input)", "fsdp_unsharded"),
             ("embedding + lm_head fp32", "frozen_target"), ("activations (below)", "activations"),
             ("**step peak**", "step_peak"), ("init peak (whole head on GPU)", "init_peak")]
     for label, attr in rows:
@@ -532,10 +608,20 @@ def render(plan: TrainingPlan) -> str:
                  f"{'yes' if plan.fits('ddp') else '**no**'} | {'yes' if plan.fits('fsdp') else '**no**'} |")
     lines += [
         "",
-        f"Activations per GPU ({tokens} tokens x {plan.align_steps} step(s), bf16 autocast), GiB: "
-        f"head layers {_gib(a.layers)}, loss log-softmaxes {_gib(a.loss)}, masks {_gib(a.mask)}, "
-        f"lm_head bf16 copies {_gib(a.lm_head_copies)}, expert bf16 copies {_gib(a.expert_copies)}, "
-        f"autocast weight cache {_gib(a.autocast_cache)}, transient {_gib(a.transient)}.",
+        f"| activations, GiB ({tokens} tokens x {plan.align_steps} step(s), bf16 autocast) | DDP (fp32 weights) "
+        f"| FSDP2 (bf16 weights) |",
+        "|---|---:|---:|",
+    ]
+    act_rows = [("head layers (saved for backward)", "layers"), ("losses (fp32 log-softmaxes)", "loss"),
+                ("alignment masks", "mask"), ("lm_head bf16 copies", "lm_head_copies"),
+                ("expert bf16 copies", "expert_copies"), ("autocast weight cache", "autocast_cache"),
+                ("transient (logits, or one expert's zero gradient)", "transient"), ("total", "total")]
+    for label, attr in act_rows:
+        lines.append(f"| {label} | {_gib(getattr(plan.activations, attr))} "
+                     f"| {_gib(getattr(plan.fsdp_activations, attr))} |")
+    lines += [
+        "",
+        "Formulas: `hass_sglang.train.plan.estimate_activations`, `Fsdp2UnitBytes`; the peak sums every term.",
         "",
         "```bash",
     ]

@@ -155,7 +155,7 @@ def batch_loss(model, embed, draft_lm_weight, batch, cfg: TrainConfig, scale: fl
     _, world = rank_world()
     counts = all_reduce_sum(counts.detach().clone())
     total = torch.zeros((), device=feats.device)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, torch.Tensor] = {}
     for j, (out, w) in enumerate(zip(outs, weights), 1):
         parts = step_losses(out, feats, batch["teacher_p"], batch["teacher_idx"], draft_lm_weight, w,
                             cfg.objective == "hass", (counts[j - 1, 0], counts[j - 1, 1]))
@@ -164,13 +164,14 @@ def batch_loss(model, embed, draft_lm_weight, batch, cfg: TrainConfig, scale: fl
             loss = loss + cfg.distill_weight * parts["topk"]
         total = total + loss
         for k, v in parts.items():
-            metrics[f"step{j}/{k}"] = float(v.detach())
+            metrics[f"step{j}/{k}"] = v.detach().float()
     total = total / len(outs)
-    metrics["loss"] = float(total.detach())
-    # every value is this rank's share of a global-batch mean: their sums over ranks are the global values
+    metrics["loss"] = total.detach().float()
+    # every value is this rank's share of a global-batch mean: their sums over ranks are the global
+    # values (one collective on the device, nccl takes no CPU tensors; one host sync per step)
     names = list(metrics)
-    values = all_reduce_sum(torch.tensor([metrics[k] for k in names], dtype=torch.float64))
-    return total * world, {k: float(v) for k, v in zip(names, values)}
+    values = all_reduce_sum(torch.stack([metrics[k] for k in names]).double()).tolist()
+    return total * world, dict(zip(names, values))
 
 
 @torch.no_grad()
@@ -263,8 +264,9 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
 
     features = FeatureSet(cfg.features, int(parts.config.hidden_size))
     head = _initial_head(cfg, parts, features).float()
-    broadcast_parameters(head)  # identical starting weights whatever each rank's RNG did before
     template = copy.deepcopy(head) if rank == 0 else None  # rank 0 rebuilds the full head from states
+    head.to(dev)
+    broadcast_parameters(head)  # on the device (nccl); identical starting weights whatever each rank's RNG did
     lm_weight = parts.lm_head_weight.to(dev, torch.float32)
     embed_weight = parts.embed_weight.to(dev)
     vocab_size = lm_weight.shape[0]
@@ -274,7 +276,7 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
         vocab_map = torch.full((vocab_size,), -1, dtype=torch.long)
         vocab_map[head.hot_token_ids] = torch.arange(head.hot_token_ids.numel())
     draft_lm_weight = head.draft_lm_head_weight(lm_weight)
-    model = parallelize(AlignedDraft(head.to(dev).train(), cfg.steps), parallel, dev)
+    model = parallelize(AlignedDraft(head.train(), cfg.steps), parallel, dev)
     global_batch = cfg.batch_size * world
     steps_per_epoch = math.ceil(len(features) / global_batch)
     total_steps = steps_per_epoch * cfg.epochs
