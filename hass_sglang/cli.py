@@ -250,6 +250,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_dry_run_args(p: argparse.ArgumentParser) -> None:
+    """`--dry-run` and the cluster it plans for (features and train share them: train/plan.py)."""
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan for big targets (parameters, bytes, memory per GPU, commands) from the "
+                        "target's config.json alone, and exit; shipped configs: meta-llama/Llama-3.1-8B-Instruct, "
+                        "deepseek-ai/DeepSeek-R1")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="with --dry-run")
+    p.add_argument("--nodes", type=int, default=1, help="with --dry-run")
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="with --dry-run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hass_sglang.bench.commands import build_parser as add_bench_commands
     from hass_sglang.target import DTYPES, EMBEDDED_TARGET
@@ -358,13 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--endpoint", help="with --engine sglang: the server URL (started with --enable-return-hidden-states "
                    "--disable-radix-cache)")
     f.add_argument("--concurrency", type=int, default=8, help="with --engine sglang: requests in flight")
-    f.add_argument("--dry-run", action="store_true",
-                   help="print the plan for big targets (parameters, bytes, memory per GPU, commands) from the "
-                        "target's config.json alone, and exit; shipped configs: meta-llama/Llama-3.1-8B-Instruct, "
-                        "deepseek-ai/DeepSeek-R1")
-    f.add_argument("--gpus-per-node", type=int, default=8, help="with --dry-run")
-    f.add_argument("--nodes", type=int, default=1, help="with --dry-run")
-    f.add_argument("--gpu-memory-gib", type=float, default=80.0, help="with --dry-run")
+    _add_dry_run_args(f)
     f.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     f.set_defaults(func=cmd_features)
 
@@ -389,13 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     t.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard) for heads too large to replicate")
-    t.add_argument("--dry-run", action="store_true",
-                   help="print the plan for big targets (parameters, bytes, memory per GPU, commands) from the "
-                        "target's config.json alone, and exit; shipped configs: meta-llama/Llama-3.1-8B-Instruct, "
-                        "deepseek-ai/DeepSeek-R1")
-    t.add_argument("--gpus-per-node", type=int, default=8, help="with --dry-run")
-    t.add_argument("--nodes", type=int, default=1, help="with --dry-run")
-    t.add_argument("--gpu-memory-gib", type=float, default=80.0, help="with --dry-run")
+    _add_dry_run_args(t)
     t.add_argument("--max-length", type=int, default=2048, help="with --dry-run: tokens per sequence of the features")
     t.set_defaults(func=cmd_train)
     return p
