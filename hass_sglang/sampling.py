@@ -57,9 +57,19 @@ def make_sampling(temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0) 
         raise InvalidRequestError(str(exc)) from exc
 
 
+def logits_problem(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] bool: rows no distribution can come from. -inf is a valid logit (a grammar
+    / JSON-mode mask, a logit bias, a top-k or top-p cut: the token is not allowed); NaN, +inf or
+    a row with no allowed token is not."""
+    return torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+
+
 def check_finite(logits: torch.Tensor) -> None:
-    if not torch.isfinite(logits).all():
-        raise InvalidRequestError("logits contain NaN or inf")
+    """Refuse logits no distribution can come from (`logits_problem`); masked (-inf) entries pass."""
+    bad = logits_problem(logits)
+    if bad.any():
+        kind = "NaN" if torch.isnan(logits).any() else "+inf" if torch.isposinf(logits).any() else "no allowed token"
+        raise InvalidRequestError(f"logits contain {kind} in {int(bad.sum())} row(s)")
 
 
 def target_probs(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:

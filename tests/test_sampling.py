@@ -28,6 +28,21 @@ def test_greedy_is_argmax_and_nonfinite_logits_rejected():
         sample_token(torch.tensor([[0.0, math.nan]]), SamplingParams())
     with pytest.raises(InvalidRequestError):
         sample_token(torch.tensor([[0.0, math.inf]]), SamplingParams(temperature=1.0))
+    with pytest.raises(InvalidRequestError, match="no allowed token"):
+        target_probs(torch.full((2, 3), -math.inf), SamplingParams(temperature=1.0))
+
+
+def test_masked_logits_are_a_valid_distribution_over_the_allowed_tokens():
+    """-inf is a grammar / JSON-mode / logit-bias mask, not an error: the masked tokens get 0 and
+    the rest the renormalised distribution, at any temperature."""
+    logits = torch.tensor([[1.0, -math.inf, 0.5, -math.inf], [0.2, 0.1, -math.inf, 3.0]])
+    for temp in (0.5, 1.0, 2.0):
+        p = target_probs(logits, SamplingParams(temperature=temp))
+        allowed = torch.isfinite(logits)
+        assert torch.equal(p > 0, allowed)
+        want = torch.softmax(torch.where(allowed, logits / temp, -math.inf), -1)
+        assert torch.allclose(p, want)
+    assert sample_token(logits, SamplingParams()).tolist() == [0, 3]
 
 
 def test_top_k_and_top_p_renormalise_the_kept_tokens():

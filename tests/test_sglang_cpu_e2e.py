@@ -14,6 +14,7 @@ One server at a time; each fixture starts, uses and stops its own.
 """
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -89,11 +90,41 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
             out["t1"] = _t1_samples(url, target.chat_prompt_ids(T1_PROMPT))
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
+        out["probe"] = _probe(url, client, prompts[0])
         # The plugin is installed for every server on the host; only HASS servers check model names.
         out["unknown model"] = post(url, "/v1/chat/completions", {
             "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
     out["log"] = Path(log_path).read_text()
     return out
+
+
+# Sampling parameters beyond temperature / top-p / top-k: plain SGLang honours them all; HASS
+# servers apply logit_bias exactly and refuse what speculative verification would change.
+SAMPLING_PROBES = {
+    "min_p": {"min_p": 0.1}, "frequency_penalty": {"frequency_penalty": 0.5},
+    "presence_penalty": {"presence_penalty": 0.5}, "repetition_penalty": {"repetition_penalty": 1.2},
+    "seed": {"seed": 7}, "logit_bias": {"logit_bias": {"13": -100}}, "top_k": {"top_k": 5},
+}
+REFUSED_UNDER_HASS = {"min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed"}
+
+
+def _probe(url, client, prompt):
+    """Structured output at T=0 and T=1 (grammar masks: -inf logits in verification), each extra
+    sampling parameter at T=1, /metrics, then the same T=0 request as before."""
+    base = {"model": "default", "messages": [{"role": "user", "content": "Give a JSON object with a name."}],
+            "max_tokens": 24}
+    got = {"json t0": post(url, "/v1/chat/completions", {**base, "temperature": 0,
+                                                           "response_format": {"type": "json_object"}}),
+           "json t1": [post(url, "/v1/chat/completions", {**base, "response_format": {"type": "json_object"}})
+                       for _ in range(3)],  # default temperature (1.0)
+           "regex t1": post(url, "/generate", {"text": "Answer: ", "sampling_params": {
+               "max_new_tokens": 8, "temperature": 1.0, "regex": "(yes|no)[.]"}})}
+    for name, change in SAMPLING_PROBES.items():
+        got[name] = post(url, "/v1/chat/completions", {**base, "temperature": 1.0, **change})
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+        got["metrics"] = (r.status, r.read().decode())
+    got["after"] = _chat(client, prompt)[0]
+    return got
 
 
 def _bad_inputs(url, client, prompt):
@@ -203,3 +234,41 @@ def test_bad_http_input_gets_4xx_or_a_clean_stop_and_the_server_keeps_serving(ha
     assert body["choices"][0]["finish_reason"] == "length"
     # After all of that (and a client that hung up mid-stream) the same request gets the same answer.
     assert bad["after"] == hass["texts"][0]
+
+
+def test_structured_output_and_masked_logits_never_take_the_server_down(vanilla, hass):
+    """JSON mode and regex put -inf in the verify logits: T=0 answers equal plain SGLang's, T=1 is
+    served (SpecInfer over the allowed set), and the server keeps giving the same T=0 answer."""
+    status, body = hass["probe"]["json t0"]
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == vanilla["probe"]["json t0"][1]["choices"][0]["message"]["content"]
+    for status, body in hass["probe"]["json t1"]:
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"].lstrip().startswith("{")
+    status, body = hass["probe"]["regex t1"]
+    assert status == 200 and body["text"] in ("yes.", "no."), body
+    assert hass["probe"]["after"] == hass["texts"][0]
+
+
+def test_every_sampling_parameter_is_honoured_or_refused_by_name(vanilla, hass):
+    for name in SAMPLING_PROBES:
+        v_status, v_body = vanilla["probe"][name]
+        assert v_status == 200, (name, v_body)  # the plugin does not change plain servers
+        status, body = hass["probe"][name]
+        if name in REFUSED_UNDER_HASS:
+            assert status == 400 and name in body["message"], (name, status, body)
+        else:
+            assert status == 200, (name, body)
+
+
+def test_error_bodies_name_the_problem_without_server_internals(hass):
+    bodies = [b for _, b in hass["bad"].values() if isinstance(b, dict)]
+    bodies += [hass["probe"][n][1] for n in REFUSED_UNDER_HASS]
+    for body in bodies:
+        text = json.dumps(body)
+        assert "Traceback" not in text and 'File \\"' not in text and "site-packages" not in text, text
+
+
+def test_metrics_expose_the_accept_length_under_hass(hass):
+    status, text = hass["probe"]["metrics"]
+    assert status == 200 and "sglang:spec_accept_length" in text

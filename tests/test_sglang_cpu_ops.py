@@ -397,3 +397,40 @@ def test_hook_target_probs_apply_each_requests_temperature_top_k_top_p():
     assert torch.allclose(got[2], ref_probs(logits[2], SamplingParams(temperature=1.3, top_p=0.6)))
     assert torch.equal(got[3].argmax(-1), logits[3].argmax(-1)) and torch.equal(got[3].sum(-1), torch.ones(5))
     assert ((got[3] == 1) | (got[3] == 0)).all()
+
+
+def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request():
+    """Grammar masks (-inf, whole rows masked past a rejected token) are verified over the allowed
+    set; a request with NaN logits is ended with FINISH_ABORT and the others of the batch go on."""
+    from hass_sglang.serving.cpu import sampling_verify as sv
+
+    g, _, _, buf = _built_tree(1)
+    bs, n, vocab = 3, 7, 5
+    candidates = torch.randint(0, vocab, (bs, n), generator=g)
+    logits = torch.randn(bs * n, vocab, generator=g).view(bs, n, vocab)
+    logits[0, :, 1:] = float("-inf")  # request 0: only token 0 allowed anywhere
+    logits[1, 3] = float("-inf")  # request 1: one node with no allowed token
+    logits[2, 2, 4] = float("nan")  # request 2: broken
+
+    class Info:
+        temperatures = torch.ones(bs, 1)
+        top_ks = torch.full((bs,), 1 << 30, dtype=torch.int32)
+
+    class Req:
+        def __init__(self, rid):
+            self.rid, self.to_finish = rid, None
+
+    reqs = [Req(i) for i in range(bs)]
+    got = dict(predicts=torch.zeros(bs * n, dtype=torch.int32), accept_index=torch.full((bs, 5), -1, dtype=torch.int32),
+               accept_token_num=torch.zeros(bs, dtype=torch.int32))
+    common = dict(candidates=candidates, retrieve_index=buf[0], retrieve_next_token=buf[1], retrieve_next_sibling=buf[2])
+    token = sv._VERIFY_CTX.set({"logits": logits.view(bs * n, vocab), "info": Info(), "n": n, "reqs": reqs})
+    try:
+        sv.around_verify(None, **got, **common, target_predict=None)
+    finally:
+        sv._VERIFY_CTX.reset(token)
+    assert reqs[0].to_finish is None and reqs[1].to_finish is None
+    assert type(reqs[2].to_finish).__name__ == "FINISH_ABORT" and "NaN" in reqs[2].to_finish.message
+    # request 0 can only ever emit token 0: every committed token of its accepted path is 0
+    path = got["accept_index"][0][got["accept_index"][0] >= 0]
+    assert (got["predicts"][path.long()] == 0).all()

@@ -564,3 +564,22 @@ def test_reduced_vocabulary_under_tensor_parallelism_is_refused_with_the_reason(
     got = resolve(argv(target_dir, drafts["eagle_hot"], "HASS", "--tp-size", "1"))
     assert got["speculative_token_map"]
 
+
+
+def test_sampling_parameters_hass_would_change_are_refused_by_name():
+    """On SGLang's own normalised SamplingParams: temperature/top-p/top-k/logit_bias/stop pass;
+    min_p, the three penalties and a seed at T > 0 are refused, naming the parameter."""
+    from sglang.srt.sampling.sampling_params import SamplingParams as SGLangParams
+
+    from hass_sglang.serving.request_checks import sampling_error
+
+    ok = [dict(), dict(temperature=0.7, top_p=0.9, top_k=20), dict(logit_bias={"13": -100.0}), dict(stop=["\\n"]),
+          dict(temperature=0.0, sampling_seed=3), dict(frequency_penalty=0.0, repetition_penalty=1.0)]
+    for kw in ok:
+        assert sampling_error(SGLangParams(**kw)) is None, kw
+    bad = {"min_p": dict(min_p=0.05), "frequency_penalty": dict(frequency_penalty=0.3),
+           "presence_penalty": dict(presence_penalty=-0.3), "repetition_penalty": dict(repetition_penalty=1.1),
+           "seed": dict(temperature=1.0, sampling_seed=3), "logit_bias": dict(logit_bias={"1": float("nan")})}
+    for name, kw in bad.items():
+        msg = sampling_error(SGLangParams(**kw))
+        assert msg and name in msg, (name, msg)

@@ -1,4 +1,5 @@
-"""Request checks SGLang's OpenAI server does not make: an unknown `model` name, on HASS servers.
+"""Request checks SGLang's OpenAI server does not make, on HASS servers: an unknown `model` name,
+and sampling parameters speculative decoding would not honour exactly.
 
 SGLang 0.5.23 answers a chat or completion request whatever its `model` field says, so a client
 pointed at the wrong deployment (e.g. behind a router) gets a confident answer from the wrong
@@ -9,16 +10,29 @@ Installed by the plugin as AROUND hooks on `_validate_request` (hook registry) i
 process of a host with this package, but only servers launched with `--speculative-algorithm HASS`
 (the raw flag SGLang keeps in the tokenizer manager's ServerArgs) check: a plugin must not change
 plain SGLang servers. HASS_ACCEPT_ANY_MODEL_NAME=1 keeps SGLang's permissive behaviour there too.
+
+Sampling parameters (every endpoint: OpenAI chat/completions and native /generate, through an
+AROUND hook on the tokenizer manager's `_create_tokenized_object`, after SGLang's own
+`SamplingParams.verify`): HASS is lossless, so a request whose sampling SGLang's speculative
+verification would change gets a 400 naming the parameter instead of a silently different answer.
+SGLang 0.5.23's `eagle_utils.eagle_sample` (GPU and, through our hook, CPU) applies temperature,
+top-k, top-p, logit_bias and grammar masks exactly; it applies the three penalties once per verify
+step to every draft position alike (tokens accepted earlier in the same tree are not penalised: not
+the distribution of plain decoding), never applies min_p, and draws its coins from the global
+generator, not the request's seed. HASS_ALLOW_APPROXIMATE_SAMPLING=1 accepts them (SGLang's EAGLE
+behaviour). docs/serving.md has the table.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from hass_sglang.serving.plan import is_hass
 
 CHAT_TARGET = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request"
 COMPLETION_TARGET = "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request"
+TOKENIZE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object"
 ALWAYS_ACCEPTED = ("default",)
 
 
@@ -38,6 +52,40 @@ def checks_model_names(server_args) -> bool:
     return is_hass(requested) and os.environ.get("HASS_ACCEPT_ANY_MODEL_NAME") != "1"
 
 
+def sampling_error(sp) -> str | None:
+    """None when HASS applies `sp` (SGLang's normalised SamplingParams) exactly, else why not (pure)."""
+    greedy = sp.top_k == 1  # SGLang's normalised greedy (temperature 0 -> top_k 1)
+    if sp.min_p and sp.min_p > 0:
+        return ("min_p is not supported with HASS speculative decoding: SGLang's speculative "
+                "verification does not apply it (remove min_p, or use a server without speculation)")
+    for name, neutral in (("frequency_penalty", 0.0), ("presence_penalty", 0.0), ("repetition_penalty", 1.0)):
+        if getattr(sp, name) != neutral:
+            return (f"{name} is not supported with HASS speculative decoding: SGLang applies penalties to "
+                    "every draft token of a step alike, which changes the output distribution")
+    if sp.sampling_seed is not None and not greedy:
+        return ("seed is not supported with HASS speculative decoding at temperature > 0: speculative "
+                "verification does not draw from the request's generator")
+    bias = sp.logit_bias or {}
+    if any(not math.isfinite(float(v)) for v in bias.values()):
+        return "logit_bias values must be finite numbers"
+    return None
+
+
+def checks_sampling(server_args) -> bool:
+    return is_hass(getattr(server_args, "speculative_algorithm", None)) and \
+        os.environ.get("HASS_ALLOW_APPROXIMATE_SAMPLING") != "1"
+
+
+def around_create_tokenized_object(original, self, *args, **kwargs):
+    tokenized = original(self, *args, **kwargs)
+    sp = getattr(tokenized, "sampling_params", None)
+    if sp is not None and checks_sampling(self.server_args):
+        message = sampling_error(sp)
+        if message:
+            raise ValueError(message)  # SGLang answers 400 with the message, as for its own verify()
+    return tokenized
+
+
 def around_validate_request(original, self, request, *args, **kwargs):
     message = original(self, request, *args, **kwargs)
     if message or not checks_model_names(self.tokenizer_manager.server_args):
@@ -50,3 +98,4 @@ def register_hooks() -> None:
 
     for target in (CHAT_TARGET, COMPLETION_TARGET):
         HookRegistry.register(target, around_validate_request, HookType.AROUND)
+    HookRegistry.register(TOKENIZE_TARGET, around_create_tokenized_object, HookType.AROUND)

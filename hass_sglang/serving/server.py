@@ -74,7 +74,8 @@ class ServerSpec:
                      "--max-total-tokens", str(self.cpu_max_total_tokens)]
         elif self.dtype:
             argv += ["--dtype", self.dtype]
-        argv += ["--host", self.host, "--port", str(self.port)]
+        # /metrics on (sglang:spec_accept_length is how operators watch a draft; the manifests enable it too)
+        argv += ["--host", self.host, "--port", str(self.port), "--enable-metrics"]
         if self.cpu:
             argv.append("--skip-server-warmup")
         elif self.device != "cuda":

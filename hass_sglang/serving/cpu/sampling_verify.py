@@ -11,7 +11,11 @@ through SGLang's hook registry (`sglang.srt.plugins.hook_registry`) replace that
   greedy walk and fills SGLang's (predicts, accept_index, accept_token_num) outputs.
 
 Greedy rows (top_k == 1) of a mixed batch get a point-mass target distribution, for which SpecInfer
-reduces to greedy verification. Temperature, top-k and top-p are applied as in every other decoder
+reduces to greedy verification. The logits arrive with SGLang's penalties, logit_bias and grammar
+mask already applied in place (`eagle_sample`): masked tokens are -inf and verification runs over
+the allowed set, exactly; a tree node with no allowed token (past a draft token the grammar
+rejects, or after the grammar finished) gets SGLang's greedy answer, the point mass on argmax. A
+request whose logits hold NaN or +inf ends alone with an error (FINISH_ABORT), never the scheduler. Temperature, top-k and top-p are applied as in every other decoder
 of the project (`hass_sglang.sampling.target_probs`); min-p and penalties are not. Random numbers
 come from torch's global generator, not SGLang's per-request seeds.
 EAGLE drafts in SGLang keep no draft probabilities, so SpecInfer (point-mass drafts) is the rule.
@@ -76,6 +80,32 @@ def request_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torc
     return out
 
 
+def usable_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[bs, n, V] verify logits -> (logits every row of which gives a distribution, [bs] requests
+    with NaN / +inf logits, [bs, n] nodes with no allowed token). Broken requests get zeros (any
+    distribution: they are aborted), fully masked nodes zeros (their probabilities are then
+    replaced by SGLang's greedy point mass on argmax = token 0)."""
+    broken = (torch.isnan(logits) | torch.isposinf(logits)).flatten(1).any(1)
+    masked = torch.isneginf(logits).all(-1) & ~broken[:, None]
+    fix = broken[:, None, None] | masked[..., None]
+    return (torch.where(fix, torch.zeros((), dtype=logits.dtype), logits) if fix.any() else logits), broken, masked
+
+
+def abort_requests(reqs, broken: torch.Tensor) -> None:
+    """End the requests flagged in `broken` with an error; the rest of the batch goes on."""
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    for i in torch.nonzero(broken).flatten().tolist():
+        req = reqs[i] if reqs is not None and i < len(reqs) else None
+        logger.error("hass_sglang: target logits of request %s contain NaN or +inf; aborting it",
+                     getattr(req, "rid", i))
+        if req is not None and getattr(req, "to_finish", None) is None:
+            req.to_finish = FINISH_ABORT("the target model produced NaN or infinite logits for this request",
+                                         status_code=HTTPStatus.INTERNAL_SERVER_ERROR, err_type="InternalServerError")
+
+
 def specinfer_accept(candidates, parents, probs, generator=None):
     """Per request: SpecInfer over its tree -> (deepest accepted node [bs], emitted token [bs])."""
     deepest, emitted = [], []
@@ -106,7 +136,7 @@ def around_eagle_sample(original, verify_input, batch, logits_output, *args, **k
     if batch.forward_mode.is_idle() or info is None or info.is_all_greedy:
         return original(verify_input, batch, logits_output, *args, **kwargs)
     token = _VERIFY_CTX.set({"logits": logits_output.next_token_logits, "info": info,
-                             "n": verify_input.draft_token_num})
+                             "n": verify_input.draft_token_num, "reqs": batch.reqs})
     try:
         return original(verify_input, batch, logits_output, *args, **kwargs)
     finally:
@@ -121,8 +151,11 @@ def around_verify(original, *args, **kwargs):
     candidates = kwargs["candidates"]
     bs, n = candidates.shape
     info = ctx["info"]
-    logits = ctx["logits"].reshape(bs, n, -1)
+    logits, broken, masked = usable_logits(ctx["logits"].reshape(bs, n, -1))
+    if broken.any():
+        abort_requests(ctx.get("reqs"), broken)
     probs = request_probs(logits, info.temperatures, getattr(info, "top_ks", None), getattr(info, "top_ps", None))
+    probs[masked] = torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), probs.shape[-1]).float()
     parents = parents_from_links(kwargs["retrieve_next_token"], kwargs["retrieve_next_sibling"])
     deepest, emitted = specinfer_accept(candidates, parents, probs)
     width = accept_index.shape[1]
