@@ -583,3 +583,23 @@ def test_sampling_parameters_hass_would_change_are_refused_by_name():
     for name, kw in bad.items():
         msg = sampling_error(SGLangParams(**kw))
         assert msg and name in msg, (name, msg)
+
+
+def test_client_error_messages_drop_server_paths_and_tracebacks():
+    """FastAPI's validation text carries the endpoint's file and line; a traceback its frames."""
+    from sglang.srt.entrypoints.openai.protocol import ErrorResponse
+
+    from hass_sglang.serving.request_checks import public_error_response_class, public_message
+
+    validation = ("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required'}\n\n"
+                  '  File "/srv/venv/lib/python3.11/site-packages/sglang/srt/entrypoints/http_server.py", line 1402, '
+                  "in openai_v1_chat_completions\n    POST /v1/chat/completions")
+    got = public_message(validation)
+    assert "Field required" in got and "messages" in got
+    assert "site-packages" not in got and 'File "' not in got and "line 1402" not in got
+    trace = 'Traceback (most recent call last):\n  File "/a/b.py", line 3, in f\n    x()\nValueError: bad at /usr/lib/m.py'
+    assert public_message(trace) == "ValueError: bad at <server file>"
+    assert public_message("top_p must be in (0, 1], got 2.0.") == "top_p must be in (0, 1], got 2.0."
+    cls = public_error_response_class()
+    body = cls(message=validation, type="Bad Request", code=400)
+    assert isinstance(body, ErrorResponse) and body.model_dump()["message"] == got

@@ -179,6 +179,12 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="the normalised sampling fields request_checks.sampling_error reads"),
     Symbol(path="sglang.srt.managers.schedule_batch:FINISH_ABORT", params=("message", "status_code", "err_type"),
            why="the CPU verification hook ends a request whose logits are NaN with it, not the scheduler"),
+    Symbol(path="sglang.srt.entrypoints.http_server:ErrorResponse",
+           why="REPLACE hook: client-facing validation errors without server paths (serving/request_checks.py)"),
+    Symbol(path="sglang.srt.entrypoints.openai.serving_base:ErrorResponse",
+           why="REPLACE hook: create_error_response bodies without server paths (serving/request_checks.py)"),
+    Symbol(path="sglang.srt.entrypoints.openai.protocol:ErrorResponse", fields=None,
+           why="the class PublicErrorResponse subclasses (its `message` field is scrubbed)"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",
            why="the [bs, topk, num_steps] draft slot layout build_draft_decode_metadata_cpu follows"),
 )

@@ -21,12 +21,20 @@ step to every draft position alike (tokens accepted earlier in the same tree are
 the distribution of plain decoding), never applies min_p, and draws its coins from the global
 generator, not the request's seed. HASS_ALLOW_APPROXIMATE_SAMPLING=1 accepts them (SGLang's EAGLE
 behaviour). docs/serving.md has the table.
+
+Error bodies: FastAPI's RequestValidationError text (what SGLang 0.5.23 puts in its 400 bodies for
+the OpenAI routes) carries the endpoint's source location, `File "<server path>", line N, in ...`.
+SGLang's `ErrorResponse` is replaced (hook registry, REPLACE with a subclass: isinstance holds) in
+the two modules that build client-facing errors by one that keeps the problem and drops server
+paths and traceback lines (`public_message`); the server log keeps the detail. This applies to
+every server on a host with the plugin: it changes no behaviour, only what the message reveals.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 
 from hass_sglang.serving.plan import is_hass
 
@@ -34,6 +42,40 @@ CHAT_TARGET = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._val
 COMPLETION_TARGET = "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request"
 TOKENIZE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object"
 ALWAYS_ACCEPTED = ("default",)
+
+
+# a traceback header, or a `File "...", line N` frame with the source line under it
+_TRACE_LINE = re.compile(r'^\s*(Traceback \(most recent call last\):|File "[^"]*", line \d+.*(\n\s{4,}\S.*)?)$',
+                         re.MULTILINE)
+_FILE_REF = re.compile(r'File "[^"]*", line \d+(, in \S+)?')
+_PY_PATH = re.compile(r'(?:[A-Za-z]:)?(?:[/\\][\w.@+-]+)+\.py\b')
+
+
+def public_message(message: str) -> str:
+    """What a client may see of an error message: no traceback lines, no server file paths (pure)."""
+    if not isinstance(message, str):
+        return message
+    cleaned = _PY_PATH.sub("<server file>", _FILE_REF.sub("", _TRACE_LINE.sub("", message)))
+    return re.sub(r"\n\s*\n+", "\n", cleaned).strip() or "invalid request"
+
+
+ERROR_RESPONSE_TARGETS = ("sglang.srt.entrypoints.http_server.ErrorResponse",
+                          "sglang.srt.entrypoints.openai.serving_base.ErrorResponse")
+
+
+def public_error_response_class():
+    """SGLang's ErrorResponse, with `public_message` applied to the message it is built with."""
+    from pydantic import field_validator
+    from sglang.srt.entrypoints.openai.protocol import ErrorResponse
+
+    class PublicErrorResponse(ErrorResponse):
+        @field_validator("message", mode="before")
+        @classmethod
+        def _public(cls, v):
+            return public_message(v)
+
+    PublicErrorResponse.__name__ = PublicErrorResponse.__qualname__ = "ErrorResponse"
+    return PublicErrorResponse
 
 
 def unknown_model_error(requested: str | None, served: str) -> str | None:
@@ -99,3 +141,6 @@ def register_hooks() -> None:
     for target in (CHAT_TARGET, COMPLETION_TARGET):
         HookRegistry.register(target, around_validate_request, HookType.AROUND)
     HookRegistry.register(TOKENIZE_TARGET, around_create_tokenized_object, HookType.AROUND)
+    public = public_error_response_class()
+    for target in ERROR_RESPONSE_TARGETS:
+        HookRegistry.register(target, public, HookType.REPLACE)
