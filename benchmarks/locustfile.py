@@ -14,7 +14,10 @@ Bounded headless run on this machine (loopback only; the file refuses other host
         --bench-max-tokens 64 --bench-summary runs/locust/hass.json
 
 Options: --bench-dataset (set name or FastChat file, default mt_bench), --bench-max-tokens,
---bench-temperature, --bench-stream-weight / --bench-plain-weight, --bench-model.
+--bench-temperature, --bench-stream-weight / --bench-plain-weight, --bench-model, and
+--bench-requests-log FILE: one JSON line per request (`rid` sent as SGLang's request id, start and
+end time, HTTP status or error, the answer's id) for exactly-once and per-phase accounting
+(`hass_sglang.bench.load`; benchmarks/router_failover.py, benchmarks/soak.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -54,7 +58,31 @@ class Tally:
                 self.ttft.append(ttft_s)
 
 
+class RequestLog:
+    """One JSON line per request, appended as each ends (a killed run keeps what it had)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.file = None
+
+    def open(self, path: str | None):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", buffering=1)
+
+    def add(self, **record):
+        if self.file is not None:
+            with self.lock:
+                self.file.write(json.dumps(record) + "\n")
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 TALLY = Tally()
+REQUESTS = RequestLog()
 PROMPTS: list[str] = []
 
 
@@ -77,6 +105,7 @@ def _options(parser):
     parser.add_argument("--bench-stream-weight", type=int, default=1)
     parser.add_argument("--bench-plain-weight", type=int, default=1)
     parser.add_argument("--bench-summary", default=None, help="write the summary JSON here")
+    parser.add_argument("--bench-requests-log", default=None, help="append one JSON line per request here")
     parser.add_argument("--bench-allow-remote", action="store_true", help="allow a non-loopback --host")
 
 
@@ -99,6 +128,7 @@ def _init(environment, **_kw):
               "pass --bench-allow-remote to load-test another machine", file=sys.stderr)
         sys.exit(2)
     PROMPTS[:] = _load_prompts(opts.bench_dataset)
+    REQUESTS.open(opts.bench_requests_log)
     ChatUser.tasks = [ChatUser.chat] * max(opts.bench_plain_weight, 0) + [ChatUser.chat_stream] * max(
         opts.bench_stream_weight, 0)
 
@@ -112,6 +142,7 @@ def _start(environment, **_kw):
 @events.test_stop.add_listener
 def _stop(environment, **_kw):
     TALLY.t1 = time.time()
+    REQUESTS.close()
     opts = environment.parsed_options
     elapsed = max(TALLY.t1 - (TALLY.t0 or TALLY.t1), 1e-9)
     stats = environment.stats.total
@@ -151,7 +182,7 @@ class ChatUser(HttpUser):
     def _body(self, stream: bool) -> dict:
         opts = self.environment.parsed_options
         body = {"model": opts.bench_model, "max_tokens": opts.bench_max_tokens,
-                "temperature": opts.bench_temperature,
+                "temperature": opts.bench_temperature, "rid": uuid.uuid4().hex,
                 "messages": [{"role": "user", "content": random.choice(PROMPTS or FALLBACK_PROMPTS)}]}
         if stream:
             body.update(stream=True, stream_options={"include_usage": True})
@@ -159,34 +190,46 @@ class ChatUser(HttpUser):
 
     @task
     def chat(self):
-        t0 = time.perf_counter()
-        with self.client.post(CHAT, json=self._body(False), name="chat", catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                return
+        body, start, t0 = self._body(False), time.time(), time.perf_counter()
+        record = dict(rid=body["rid"], stream=False, start=start, status=None, id=None, error=None, tokens=0)
+        with self.client.post(CHAT, json=body, name="chat", catch_response=True) as resp:
+            record["status"] = resp.status_code or None  # 0: no HTTP answer (connection refused/reset)
             try:
-                tokens = int(resp.json()["usage"]["completion_tokens"])
-            except (ValueError, KeyError, TypeError) as exc:
-                resp.failure(f"no usage in the answer: {exc}")
-                return
-            TALLY.add(time.perf_counter() - t0, tokens)
+                if resp.status_code != 200:
+                    detail = (resp.text or "")[:200] if resp.status_code else repr(getattr(resp, "error", None))
+                    record["error"] = f"HTTP {resp.status_code}: {detail}"
+                    resp.failure(record["error"])
+                    return
+                try:
+                    answer = resp.json()
+                    record["id"], tokens = answer.get("id"), int(answer["usage"]["completion_tokens"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    record["error"] = f"no usage in the answer: {exc}"
+                    resp.failure(record["error"])
+                    return
+                record["tokens"] = tokens
+                TALLY.add(time.perf_counter() - t0, tokens)
+            finally:
+                REQUESTS.add(**record, end=time.time())
 
     @task
     def chat_stream(self):
         # A plain requests session, not locust's (its timing stops at the response headers when
         # streaming): the full response time is reported to locust here, the TTFT kept in TALLY.
         fire = self.environment.events.request.fire
-        t0 = time.perf_counter()
-        ttft, tokens, exc = None, None, None
+        body, start, t0 = self._body(True), time.time(), time.perf_counter()
+        ttft, tokens, exc, status, answer_id = None, None, None, None, None
         try:
-            with self.stream_session.post(self.host.rstrip("/") + CHAT, json=self._body(True), stream=True,
+            with self.stream_session.post(self.host.rstrip("/") + CHAT, json=body, stream=True,
                                           timeout=600) as resp:
+                status = resp.status_code
                 if resp.status_code != 200:
                     raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 for line in resp.iter_lines():
                     if not line.startswith(b"data: ") or line == b"data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
+                    answer_id = answer_id or chunk.get("id")
                     if ttft is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
                         ttft = time.perf_counter() - t0
                     if chunk.get("usage"):
@@ -198,5 +241,7 @@ class ChatUser(HttpUser):
         latency = time.perf_counter() - t0
         fire(request_type="POST", name="chat stream", response_time=latency * 1000, response_length=tokens or 0,
              exception=exc, context={})
+        REQUESTS.add(rid=body["rid"], stream=True, start=start, end=time.time(), status=status, id=answer_id,
+                     error=None if exc is None else str(exc)[:300], tokens=tokens or 0)
         if exc is None:
             TALLY.add(latency, tokens, ttft)

@@ -17,6 +17,7 @@ from hass_sglang.bench import report
 from hass_sglang.bench.client import RequestSettings
 from hass_sglang.bench.commands import main
 from hass_sglang.bench.launch import LaunchOptions, parse_launch, server_spec
+from hass_sglang.bench.load import read_requests
 from hass_sglang.bench.questions import load_datasets
 from hass_sglang.bench.records import read_records
 from hass_sglang.bench.results import load_raw
@@ -254,10 +255,17 @@ def test_locustfile_headless_against_an_endpoint_and_loopback_only(tmp_path):
         out = subprocess.run([str(locust), "-f", str(ROOT / "benchmarks" / "locustfile.py"), "--headless",
                               "--host", s.url, "--users", "2", "--spawn-rate", "2", "--run-time", "3s",
                               "--only-summary", "--bench-max-tokens", "6", "--bench-dataset", "qa",
-                              "--bench-summary", str(tmp_path / "l.json")], capture_output=True, text=True, timeout=60)
+                              "--bench-summary", str(tmp_path / "l.json"),
+                              "--bench-requests-log", str(tmp_path / "requests.jsonl")],
+                             capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "l.json").read_text())
     assert summary["requests"] > 4 and summary["failures"] == 0 and summary["output_tok_s"] > 0
+    # One line per request, each with its own request id, both kinds (streamed and not).
+    records = read_requests(tmp_path / "requests.jsonl")
+    assert len(records) == summary["requests"] and len({r["rid"] for r in records}) == len(records)
+    assert {r["stream"] for r in records} == {True, False}
+    assert all(r["status"] == 200 and r["tokens"] == 6 and r["end"] > r["start"] for r in records)
     assert summary["latency_p95_s"] >= summary["latency_p50_s"] > 0 and summary["ttft_p50_s"] is not None
     refused = subprocess.run([str(locust), "-f", str(ROOT / "benchmarks" / "locustfile.py"), "--headless",
                               "--host", "http://192.0.2.1:8000", "--users", "1", "--run-time", "1s"],

@@ -8,13 +8,19 @@ drafts, against SGLang without speculation and the project's reference decoder.
 - T=1: the tree is verified by the project's SpecInfer (installed through SGLang's hook registry;
   the server log says so), and the 2nd/3rd generated tokens are distributed like plain SGLang's
   (two-sample chi-square on many samples of one prompt the draft predicts well).
+- T=1 with logit_bias, and with top_k + top_p: the same distribution test, each against plain
+  SGLang with the same parameters (and checked to move plain SGLang's distribution at all).
 - Bad HTTP input gets a 4xx or a clean stop, and the server keeps serving.
+- Probes (issue 17): JSON mode at T=0 (same text as plain SGLang) and T=1, a regex at T=1, every
+  extra sampling parameter honoured or refused by name, /metrics with the accept length, error
+  bodies without server internals, the same T=0 answer afterwards.
 
 One server at a time; each fixture starts, uses and stops its own.
 """
 
 import json
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -71,12 +77,27 @@ def _chat(client, prompt, stream=False, **kw):
                                               "verify_ct": spec.get("spec_verify_ct", 0)}
 
 
-def _t1_samples(url, prompt_ids):
+def _t1_samples(url, prompt_ids, **sampling):
     """[T1_SAMPLES] output id lists at T=1 and the summed (completion tokens, verify steps)."""
-    return generate_ids(url, prompt_ids, T1_SAMPLES, T1_TOKENS, 1.0, T1_BATCH)
+    return generate_ids(url, prompt_ids, T1_SAMPLES, T1_TOKENS, 1.0, T1_BATCH, **sampling)
 
 
-def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False):
+# Sampling parameters HASS applies exactly, as distribution tests (T=1, same prompt): a logit bias
+# against the token plain SGLang samples most often in 2nd place, and top-k with top-p.
+T1_SETS = {"logit_bias": lambda tok: {"logit_bias": {str(tok): -2.0}},
+           "top_k + top_p": lambda tok: {"top_k": 3, "top_p": 0.8}}
+
+
+def _t1_collect(url, prompt_ids, bias_token=None):
+    out = {"t1": _t1_samples(url, prompt_ids)}
+    if bias_token is None:  # plain SGLang: its own most frequent 2nd token
+        bias_token = Counter(o[1] for o in out["t1"][0]).most_common(1)[0][0]
+    out["bias_token"] = bias_token
+    out["t1_sets"] = {name: _t1_samples(url, prompt_ids, **params(bias_token)) for name, params in T1_SETS.items()}
+    return out
+
+
+def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_token=None):
     out = {}
     spec = ServerSpec(model=str(target.path), draft=None if draft is None else str(draft), device="cpu")
     with running_server(spec, log_path=log_path) as url:
@@ -87,7 +108,7 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
         out["streamed"] = [_chat(client, p, stream=True)[0] for p in prompts[:2]]
         out["log_t0"] = Path(log_path).read_text()  # everything at T=0 so far
         if t1:
-            out["t1"] = _t1_samples(url, target.chat_prompt_ids(T1_PROMPT))
+            out.update(_t1_collect(url, target.chat_prompt_ids(T1_PROMPT), bias_token))
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
         out["probe"] = _probe(url, client, prompts[0])
@@ -149,9 +170,9 @@ def vanilla(target, prompts, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hass(target, prompts, tmp_path_factory):
+def hass(target, prompts, vanilla, tmp_path_factory):
     return _serve_and_collect(target, prompts, HASS_DRAFT, tmp_path_factory.mktemp("hass") / "server.log",
-                              t1=True, bad_input=True)
+                              t1=True, bad_input=True, bias_token=vanilla["bias_token"])
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +233,22 @@ def test_t1_is_verified_by_project_specinfer_and_distributed_like_plain_sglang(v
     assert chi2_same_distribution([o[1] for o in plain], greedy) < 1e-6 or len({o[1] for o in plain}) == 1
 
 
+@pytest.mark.parametrize("name", list(T1_SETS))
+def test_t1_sampling_parameters_are_distributed_like_plain_sglang(name, vanilla, hass):
+    """top_k, top_p and logit_bias change what verification must sample from: the 2nd/3rd tokens
+    under HASS follow plain SGLang's distribution with the same parameters."""
+    plain, spec, free = vanilla["t1_sets"][name][0], hass["t1_sets"][name][0], vanilla["t1"][0]
+    assert len(plain) == len(spec) == T1_SAMPLES
+    _, (tokens, verify) = hass["t1_sets"][name]
+    assert tokens / verify > 1.05, f"{name}: drafts were hardly accepted (accept length {tokens / verify:.3f})"
+    moved = min(chi2_same_distribution([o[pos] for o in plain], [o[pos] for o in free]) for pos in (1, 2))
+    assert moved < 1e-3, f"{name} did not change plain SGLang's distribution here (p={moved:.3g}): vacuous test"
+    for pos in (1, 2):
+        p = chi2_same_distribution([o[pos] for o in plain], [o[pos] for o in spec])
+        print(f"{name}, position {pos}: chi-square p = {p:.4f} (changed vs no parameter: p = {moved:.2e})")
+        assert p > 0.0005, f"{name}: token {pos + 1} is not distributed like plain SGLang's (p={p:.2e})"
+
+
 def test_plain_servers_keep_sglangs_behaviour_for_model_names(vanilla):
     """A plugin must not change plain SGLang: without HASS an unknown model name is answered."""
     status, body = vanilla["unknown model"]
@@ -262,7 +299,7 @@ def test_every_sampling_parameter_is_honoured_or_refused_by_name(vanilla, hass):
 
 
 def test_error_bodies_name_the_problem_without_server_internals(hass):
-    bodies = [b for _, b in hass["bad"].values() if isinstance(b, dict)]
+    bodies = [v[1] for v in hass["bad"].values() if isinstance(v, tuple) and isinstance(v[1], dict)]
     bodies += [hass["probe"][n][1] for n in REFUSED_UNDER_HASS]
     for body in bodies:
         text = json.dumps(body)

@@ -390,13 +390,21 @@ def test_hook_target_probs_apply_each_requests_temperature_top_k_top_p():
     temps = torch.tensor([[0.7], [1.0], [1.3], [1.0]])
     top_ks = torch.tensor([1 << 30, 3, 1 << 30, 1], dtype=torch.int32)
     top_ps = torch.tensor([1.0, 1.0, 0.6, 1.0])
-    got = request_probs(logits, temps, top_ks, top_ps)
+    got, invalid = request_probs(logits, temps, top_ks, top_ps)
+    assert invalid == {}
     assert torch.allclose(got[0], ref_probs(logits[0], SamplingParams(temperature=0.7)))
     assert torch.allclose(got[1], ref_probs(logits[1], SamplingParams(temperature=1.0, top_k=3)))
     assert ((got[1] > 0).sum(-1) == 3).all()
     assert torch.allclose(got[2], ref_probs(logits[2], SamplingParams(temperature=1.3, top_p=0.6)))
     assert torch.equal(got[3].argmax(-1), logits[3].argmax(-1)) and torch.equal(got[3].sum(-1), torch.ones(5))
     assert ((got[3] == 1) | (got[3] == 0)).all()
+    # Values SGLang accepts that float32 turns into edge cases (found by tests/test_serving_fuzz.py):
+    # top_p 1e-266 arrives as 0.0 -> the top token alone (as plain SGLang); a temperature that
+    # overflows to inf gives no distribution -> that request is named, the batch goes on.
+    got, invalid = request_probs(logits[:2], torch.tensor([[1.0], [1e300]]).float(), None,
+                                 torch.tensor([1e-266, 1.0]).float())
+    assert torch.equal(got[0], torch.nn.functional.one_hot(logits[0].argmax(-1), 50).float())
+    assert list(invalid) == [1] and "temperature must be a finite number" in invalid[1]
 
 
 def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request():
@@ -404,16 +412,16 @@ def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request(
     set; a request with NaN logits is ended with FINISH_ABORT and the others of the batch go on."""
     from hass_sglang.serving.cpu import sampling_verify as sv
 
-    g, _, _, buf = _built_tree(1)
-    bs, n, vocab = 3, 7, 5
+    g, _, _, buf = _built_tree(1, bs=4)
+    bs, n, vocab = 4, 7, 5
     candidates = torch.randint(0, vocab, (bs, n), generator=g)
     logits = torch.randn(bs * n, vocab, generator=g).view(bs, n, vocab)
     logits[0, :, 1:] = float("-inf")  # request 0: only token 0 allowed anywhere
     logits[1, 3] = float("-inf")  # request 1: one node with no allowed token
     logits[2, 2, 4] = float("nan")  # request 2: broken
 
-    class Info:
-        temperatures = torch.ones(bs, 1)
+    class Info:  # request 3: a temperature float32 cannot hold (inf): no distribution
+        temperatures = torch.tensor([[1.0], [1.0], [1.0], [1e300]]).float()
         top_ks = torch.full((bs,), 1 << 30, dtype=torch.int32)
 
     class Req:
@@ -431,6 +439,7 @@ def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request(
         sv._VERIFY_CTX.reset(token)
     assert reqs[0].to_finish is None and reqs[1].to_finish is None
     assert type(reqs[2].to_finish).__name__ == "FINISH_ABORT" and "NaN" in reqs[2].to_finish.message
+    assert type(reqs[3].to_finish).__name__ == "FINISH_ABORT" and "temperature" in reqs[3].to_finish.message
     # request 0 can only ever emit token 0: every committed token of its accepted path is 0
     path = got["accept_index"][0][got["accept_index"][0] >= 0]
     assert (got["predicts"][path.long()] == 0).all()

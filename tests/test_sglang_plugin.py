@@ -585,6 +585,18 @@ def test_sampling_parameters_hass_would_change_are_refused_by_name():
         assert msg and name in msg, (name, msg)
 
 
+def test_prompt_token_ids_outside_the_vocabulary_are_named():
+    """SGLang 0.5.23 lets them reach the embedding (the scheduler dies); the hook refuses them."""
+    from array import array
+
+    from hass_sglang.serving.request_checks import token_ids_error
+
+    assert token_ids_error(array("q", [0, 5, 99]), 100) is None
+    assert token_ids_error(None, 100) is None and token_ids_error(array("q"), 100) is None
+    assert token_ids_error([1, 100, 3], 100) == "prompt token id 100 at position 1 is outside the vocabulary [0, 100)"
+    assert token_ids_error(array("q", [4, -7, 200]), 100).startswith("prompt token id -7 at position 1")
+
+
 def test_client_error_messages_drop_server_paths_and_tracebacks():
     """FastAPI's validation text carries the endpoint's file and line; a traceback its frames."""
     from sglang.srt.entrypoints.openai.protocol import ErrorResponse

@@ -7,6 +7,7 @@ launch.py     `--launch`: one local sglang.launch_server per method (serving.ser
 session.py    a whole run: methods one after another, every cell, manifest, report at the end (also on Ctrl-C)
 report.py     pure: records -> summary (throughput, speedup, +% vs MTP, accept length, Mean) -> Markdown
 results.py    the result folder layout, manifest, summary.json / table.md writers
+load.py       pure: locust request logs -> exactly-once check, per-phase requests/s, p50/p95, failures
 plots.py      speedup, accept-length distribution, throughput / latency vs concurrency (PNG)
 commands.py   `hass bench run|report|compare` (= `python -m hass_sglang.bench`)
 

@@ -22,6 +22,10 @@ the distribution of plain decoding), never applies min_p, and draws its coins fr
 generator, not the request's seed. HASS_ALLOW_APPROXIMATE_SAMPLING=1 accepts them (SGLang's EAGLE
 behaviour). docs/serving.md has the table.
 
+Prompt token ids (every server, same hook): an id outside [0, vocab_size) reaches SGLang 0.5.23's
+embedding lookup and kills the scheduler with every request in it (found by
+tests/test_serving_fuzz.py); it gets a 400 naming the id and its position instead.
+
 Error bodies: FastAPI's RequestValidationError text (what SGLang 0.5.23 puts in its 400 bodies for
 the OpenAI routes) carries the endpoint's source location, `File "<server path>", line N, in ...`.
 SGLang's `ErrorResponse` is replaced (hook registry, REPLACE with a subclass: isinstance holds) in
@@ -118,8 +122,26 @@ def checks_sampling(server_args) -> bool:
         os.environ.get("HASS_ALLOW_APPROXIMATE_SAMPLING") != "1"
 
 
+def token_ids_error(input_ids, vocab_size: int) -> str | None:
+    """None when every prompt token id indexes the embedding, else which one does not (pure)."""
+    if input_ids is None or len(input_ids) == 0 or not vocab_size:
+        return None
+    lo, hi = min(input_ids), max(input_ids)
+    if lo >= 0 and hi < vocab_size:
+        return None
+    bad = lo if lo < 0 else hi
+    return (f"prompt token id {bad} at position {list(input_ids).index(bad)} is outside the vocabulary "
+            f"[0, {vocab_size})")
+
+
 def around_create_tokenized_object(original, self, *args, **kwargs):
     tokenized = original(self, *args, **kwargs)
+    # Every server: an id outside the embedding kills SGLang 0.5.23's scheduler (IndexError in the
+    # forward) and with it every request; refusing it changes no valid request.
+    message = token_ids_error(getattr(tokenized, "input_ids", None),
+                              getattr(getattr(self, "model_config", None), "vocab_size", 0))
+    if message:
+        raise ValueError(message)
     sp = getattr(tokenized, "sampling_params", None)
     if sp is not None and checks_sampling(self.server_args):
         message = sampling_error(sp)

@@ -3,7 +3,8 @@
 `ServerSpec` says what to serve (target, draft, device, host, port, tree, extra flags);
 `ServerSpec.argv()` builds the command (pure) and `ServerSpec.env()` its environment;
 `running_server(spec)` starts it in its own process group, waits until `/health_generate`
-answers, yields the base URL and kills the whole group afterwards. `hass serve`, `hass bench
+answers, yields the base URL and kills the whole group afterwards (`launched_server`: the URL and
+the group's pid). `hass serve`, `hass bench
 --launch`, the benchmark scripts and the tests all go through these.
 
 On a CPU host (`device="cpu"`) the command adds what the project's CPU backend needs
@@ -100,11 +101,25 @@ class ServerSpec:
         return " ".join(f"{k}={env[k]}" for k in ("SGLANG_USE_CPU_ENGINE", "OMP_NUM_THREADS") if self.cpu and k in env)
 
 
+@dataclass(frozen=True)
+class LaunchedServer:
+    url: str
+    pid: int  # leader of the server's own process group: os.killpg(pid, ...) reaches every SGLang process
+
+
 @contextlib.contextmanager
 def running_server(spec: ServerSpec, log_path: str | Path | None = None, timeout_s: float = 300,
                    log_to_console: bool = False) -> Iterator[str]:
     """Run the server in its own process group until /health_generate answers; yield its URL; kill
     the whole group afterwards (an idle SGLang scheduler keeps a core busy)."""
+    with launched_server(spec, log_path, timeout_s, log_to_console) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def launched_server(spec: ServerSpec, log_path: str | Path | None = None, timeout_s: float = 300,
+                    log_to_console: bool = False) -> Iterator[LaunchedServer]:
+    """`running_server`, yielding the process group too (fault tests kill a replica by its pid)."""
     spec = spec.with_port()
     where = log_path or "console"
     log = None if log_to_console else open(log_path or os.devnull, "w")
@@ -124,7 +139,7 @@ def running_server(spec: ServerSpec, log_path: str | Path | None = None, timeout
             if time.time() > deadline:
                 raise ServerStartError(f"sglang server not ready after {timeout_s}s; log: {where}")
             time.sleep(2)
-        yield spec.url
+        yield LaunchedServer(spec.url, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

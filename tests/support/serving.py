@@ -17,14 +17,14 @@ def post(url, path, body, raw=False):
         return e.code, json.loads(e.read() or b"{}")
 
 
-def generate_ids(url, prompt_ids, samples, tokens, temperature, batch=40):
+def generate_ids(url, prompt_ids, samples, tokens, temperature, batch=40, **sampling):
     """`samples` output id lists of `tokens` tokens for one prompt (batched /generate calls), and the
-    summed (completion tokens, verify steps)."""
+    summed (completion tokens, verify steps); `sampling`: more sampling_params (top_k, logit_bias...)."""
     outs, completion, verify = [], 0, 0
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         status, res = post(url, "/generate", {"input_ids": [prompt_ids] * n, "sampling_params": {
-            "max_new_tokens": tokens, "temperature": temperature, "ignore_eos": True}})
+            "max_new_tokens": tokens, "temperature": temperature, "ignore_eos": True, **sampling}})
         assert status == 200, res
         for r in res:
             outs.append(r["output_ids"])

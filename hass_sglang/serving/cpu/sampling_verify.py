@@ -61,23 +61,36 @@ def parents_from_links(next_token: torch.Tensor, next_sibling: torch.Tensor) -> 
     return parent
 
 
+# The smallest top_p a float32 tensor holds: SGLang keeps request values in float32, so a valid
+# top_p like 1e-300 arrives as 0.0 (plain SGLang then keeps the top token; so does this).
+MIN_TOP_P = torch.finfo(torch.float32).tiny
+
+
 def request_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None = None,
-                 top_ps: torch.Tensor | None = None) -> torch.Tensor:
+                  top_ps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, str]]:
     """[bs, n, V] per-request sampling distributions (temperature, top-k, top-p through
     `hass_sglang.sampling.target_probs`, the one definition every decoder uses); rows with
-    top_k == 1 (SGLang's greedy) or temperature 0 get the one-hot argmax."""
+    top_k == 1 (SGLang's greedy) or temperature 0 get the one-hot argmax. Also {row: why} for
+    requests whose settings give no distribution (e.g. a temperature that overflows float32):
+    those rows get the argmax too and the caller ends those requests."""
     bs = logits.shape[0]
     out = torch.empty(logits.shape, dtype=torch.float32)
+    invalid: dict[int, str] = {}
     for b in range(bs):  # requests, not tokens: the batch is small on CPU
         temp = float(temperatures.reshape(-1)[b])
         k = int(top_ks.reshape(-1)[b]) if top_ks is not None else 0
         if k == 1 or temp <= 0:
             out[b] = torch.nn.functional.one_hot(logits[b].argmax(-1), logits.shape[-1]).float()
             continue
-        sp = SamplingParams(temperature=temp, top_k=0 if k >= logits.shape[-1] or k < 0 else k,
-                            top_p=float(top_ps.reshape(-1)[b]) if top_ps is not None else 1.0)
+        try:
+            sp = SamplingParams(temperature=temp, top_k=0 if k >= logits.shape[-1] or k < 0 else k,
+                                top_p=max(float(top_ps.reshape(-1)[b]), MIN_TOP_P) if top_ps is not None else 1.0)
+        except ValueError as exc:
+            invalid[b] = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)  # pydantic's, one line
+            out[b] = torch.nn.functional.one_hot(logits[b].argmax(-1), logits.shape[-1]).float()
+            continue
         out[b] = target_probs(logits[b], sp)
-    return out
+    return out, invalid
 
 
 def usable_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,19 +104,18 @@ def usable_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return (torch.where(fix, torch.zeros((), dtype=logits.dtype), logits) if fix.any() else logits), broken, masked
 
 
-def abort_requests(reqs, broken: torch.Tensor) -> None:
-    """End the requests flagged in `broken` with an error; the rest of the batch goes on."""
+def abort_requests(reqs, rows, message: str, status: int = 500) -> None:
+    """End the requests at batch rows `rows` with `message`; the rest of the batch goes on."""
     from http import HTTPStatus
 
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
-    for i in torch.nonzero(broken).flatten().tolist():
+    for i in rows:
         req = reqs[i] if reqs is not None and i < len(reqs) else None
-        logger.error("hass_sglang: target logits of request %s contain NaN or +inf; aborting it",
-                     getattr(req, "rid", i))
+        logger.error("hass_sglang: aborting request %s: %s", getattr(req, "rid", i), message)
         if req is not None and getattr(req, "to_finish", None) is None:
-            req.to_finish = FINISH_ABORT("the target model produced NaN or infinite logits for this request",
-                                         status_code=HTTPStatus.INTERNAL_SERVER_ERROR, err_type="InternalServerError")
+            req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus(status),
+                                         err_type="BadRequestError" if status == 400 else "InternalServerError")
 
 
 def specinfer_accept(candidates, parents, probs, generator=None):
@@ -153,8 +165,12 @@ def around_verify(original, *args, **kwargs):
     info = ctx["info"]
     logits, broken, masked = usable_logits(ctx["logits"].reshape(bs, n, -1))
     if broken.any():
-        abort_requests(ctx.get("reqs"), broken)
-    probs = request_probs(logits, info.temperatures, getattr(info, "top_ks", None), getattr(info, "top_ps", None))
+        abort_requests(ctx.get("reqs"), torch.nonzero(broken).flatten().tolist(),
+                       "the target model produced NaN or infinite logits for this request")
+    probs, invalid = request_probs(logits, info.temperatures, getattr(info, "top_ks", None),
+                                   getattr(info, "top_ps", None))
+    for row, why in invalid.items():
+        abort_requests(ctx.get("reqs"), [row], f"sampling parameters unusable for verification: {why}", 400)
     probs[masked] = torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), probs.shape[-1]).float()
     parents = parents_from_links(kwargs["retrieve_next_token"], kwargs["retrieve_next_sibling"])
     deepest, emitted = specinfer_accept(candidates, parents, probs)
