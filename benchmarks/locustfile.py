@@ -241,7 +241,9 @@ class ChatUser(HttpUser):
         latency = time.perf_counter() - t0
         fire(request_type="POST", name="chat stream", response_time=latency * 1000, response_length=tokens or 0,
              exception=exc, context={})
+        # cut: the answer began (200, chunks) and the stream broke before its end (the client sees it)
         REQUESTS.add(rid=body["rid"], stream=True, start=start, end=time.time(), status=status, id=answer_id,
-                     error=None if exc is None else str(exc)[:300], tokens=tokens or 0)
+                     error=None if exc is None else str(exc)[:300], tokens=tokens or 0,
+                     cut=status == 200 and exc is not None)
         if exc is None:
             TALLY.add(latency, tokens, ttft)

@@ -2,8 +2,9 @@
 (loopback), a bounded locust load on the router, one replica killed (SIGKILL to its process group)
 mid-run. Prints requests, failures, answered/s, p50/p95 before / during / after the kill, the
 exactly-once check (each request answered once, with an answer id no other request got, or failed
-to the client with a retryable status; the replicas' access logs count the finished requests,
-which equal the answers when nothing ran twice) and what the router says about its workers.
+visibly to the client: a retryable status, or a stream the killed replica had begun that broke;
+the replicas' access logs count the answers begun, which equal answered + cut when nothing ran
+twice) and what the router says about its workers.
 
     .venv/bin/python benchmarks/router_failover.py --users 4 --before 40 --during 30 --after 60 \
         --out runs/failover
@@ -35,7 +36,8 @@ from hass_sglang.serving.server import ServerSpec, free_port, launched_server
 from hass_sglang.target import EMBEDDED_TARGET, resolve_target
 
 HERE = Path(__file__).resolve().parent
-SERVED_LINE = '"POST /v1/chat/completions HTTP/1.1" 200'  # uvicorn's access log line of a finished request
+# uvicorn's access log line of an answer (a stream's when it begins)
+SERVED_LINE = '"POST /v1/chat/completions HTTP/1.1" 200'
 
 
 def router_argv(worker_urls: list[str], port: int, prometheus_port: int) -> list[str]:
@@ -117,6 +119,10 @@ def run(out: Path, users: int, before: float, during: float, after: float, max_t
     # router never ran one request to completion twice.
     served = sum((out / f"replica-{x}.log").read_text().count(SERVED_LINE) for x in "ab")
     answered = sum(1 for r in records if r.get("status") == 200 and not r.get("error"))
+    # Streams the killed replica was answering: already begun, so not replayable by the router;
+    # they break, the client sees it (no final chunk) and retries.
+    cut = [{"rid": r["rid"], "started_s": r["start"] - killed_at, "ended_s": r["end"] - killed_at}
+           for r in records if r.get("cut")]
     phases = [("before kill", started, killed_at), ("during (kill + %ds)" % during, killed_at, killed_at + during),
               ("after", killed_at + during, max(ended, killed_at + during))]
     stats = phase_stats(records, phases)
@@ -124,11 +130,12 @@ def run(out: Path, users: int, before: float, during: float, after: float, max_t
                "workers_before": workers_before, "workers_after": workers_after,
                "phases": [asdict(s) for s in stats], "requests": len(records),
                "exactly_once_problems": exactly_once_problems(records, ids_echo_rid=False),
-               "answered": answered, "served_by_replicas": served,
+               "answered": answered, "served_by_replicas": served, "cut_streams": cut, "killed_at": killed_at,
                "statuses": sorted({str(r.get("status")) for r in records})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(phase_table(stats))
-    print(f"requests {len(records)} (answered {answered}, completed by the replicas {served}), "
+    print(f"requests {len(records)} (answered {answered}, streams cut by the kill {len(cut)}, "
+          f"answers begun by the replicas {served}), "
           f"statuses {summary['statuses']}, "
           f"exactly-once problems: {summary['exactly_once_problems'] or 'none'}")
     print("router workers after the kill:", json.dumps(workers_after))

@@ -11,6 +11,7 @@ Writes OUT/requests.jsonl, OUT/samples.jsonl (one line per window), OUT/summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -40,14 +41,17 @@ def gauge(metrics_text: str, name: str) -> float | None:
 
 
 def scheduler_rss_mib(server_pid: int) -> float | None:
-    """RSS of the server's scheduler process (SGLang titles it `sglang::scheduler...`)."""
-    for child in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if "sglang::scheduler" in " ".join(child.cmdline()) or child.name().startswith("sglang::schedul"):
-                return child.memory_info().rss / 2**20
-        except psutil.Error:
-            continue
-    return None
+    """RSS of the server's scheduler: the process SGLang titles `sglang::scheduler...`, or the
+    launch_server process itself when it runs none (SGLANG_USE_CPU_ENGINE keeps the scheduler in it)."""
+    try:
+        server = psutil.Process(server_pid)
+        for child in server.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "sglang::scheduler" in " ".join(child.cmdline()):
+                    return child.memory_info().rss / 2**20
+        return server.memory_info().rss / 2**20
+    except psutil.Error:
+        return None
 
 
 def run(out: Path, minutes: float, users: int, window_s: float, max_tokens: int, temperature: float, draft: str,
@@ -72,9 +76,10 @@ def run(out: Path, minutes: float, users: int, window_s: float, max_tokens: int,
         windows = []
         while locust.poll() is None:
             t0 = time.time()
-            time.sleep(max(0.0, min(window_s, started + duration - t0)) or 1)
-            if locust.poll() is not None and time.time() - started < duration - 1:
+            remaining = started + duration - t0
+            if remaining < 1:
                 break
+            time.sleep(min(window_s, remaining))
             with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
                 accept = gauge(r.read().decode(), "sglang:spec_accept_length")
             sample = {"from": t0, "to": time.time(), "rss_mib": scheduler_rss_mib(server.pid),
@@ -85,6 +90,8 @@ def run(out: Path, minutes: float, users: int, window_s: float, max_tokens: int,
             print(f"[soak] +{sample['to'] - started:5.0f} s  scheduler RSS {sample['rss_mib'] or 0:.0f} MiB  "
                   f"accept length {accept}", flush=True)
         rc = locust.wait()
+        if windows:  # the last window takes the drain: requests in flight when the load stopped
+            windows[-1]["to"] = time.time()
     records = read_requests(log)
     stats = phase_stats(records, [(f"+{w['from'] - started:.0f} s", w["from"], w["to"]) for w in windows])
     rss = [w["rss_mib"] for w in windows if w["rss_mib"] is not None]
@@ -106,9 +113,10 @@ def run(out: Path, minutes: float, users: int, window_s: float, max_tokens: int,
     rows[2:] = [r + f" {w['rss_mib'] or 0:.0f} | {w['accept_length'] or 0:.2f} |" for r, w in zip(rows[2:], windows)]
     print("\n".join(rows))
     print(f"requests {len(records)}, failures {summary['failures']}, exactly-once problems "
-          f"{len(summary['exactly_once_problems'])}; scheduler RSS {summary['rss_mib_first']:.0f} -> "
-          f"{summary['rss_mib_last']:.0f} MiB, growth after {warmup_windows} warm-up windows {growth} MiB "
-          f"(bound {rss_bound_mib}); accept length {summary['accept_length_min']} .. {summary['accept_length_max']}")
+          f"{len(summary['exactly_once_problems'])}; scheduler RSS {summary['rss_mib_first']} -> "
+          f"{summary['rss_mib_last']} MiB, growth after {warmup_windows} warm-up windows {growth} MiB "
+          f"(bound {rss_bound_mib}, within: {summary['rss_within_bound']}); accept length "
+          f"{summary['accept_length_min']} .. {summary['accept_length_max']}")
     return summary
 
 

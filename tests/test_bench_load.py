@@ -22,6 +22,10 @@ def test_exactly_once_names_duplicates_wrong_answers_and_non_retryable_failures(
     assert any(p.startswith("request f failed without a retryable status: 0") for p in problems)
     assert any("request a got the answer of 'a2'" in p for p in problems)  # the second record of a
     assert len(problems) == 5
+    # A stream that began (200) and broke is a failure the client sees; a 200 with an error is not.
+    cut = dict(_r("g", 2, 3, error="Response ended prematurely"), cut=True)
+    assert exactly_once_problems(ok + [cut]) == []
+    assert exactly_once_problems(ok + [dict(cut, cut=False)])[0].startswith("request g failed without")
     # A front that assigns its own answer ids: only a shared or missing id is a problem.
     routed = [_r("a", 0, 1, answer="x"), _r("b", 0, 1, answer="y")]
     assert exactly_once_problems(routed, ids_echo_rid=False) == []

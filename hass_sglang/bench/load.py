@@ -32,8 +32,14 @@ def retryable(status: int | None) -> bool:
     return status is not None and (status in (408, 409, 429) or status >= 500)
 
 
+def failed_visibly(record: dict) -> bool:
+    """The client knows to retry: a retryable status, or a stream that broke before its end (no
+    final chunk: OpenAI clients raise) - what a replica dying mid-answer gives a streaming client."""
+    return retryable(record.get("status")) or bool(record.get("cut"))
+
+
 def exactly_once_problems(records: list[dict], ids_echo_rid: bool = True) -> list[str]:
-    """Every request answered exactly once or failed to the client with a retryable status;
+    """Every request answered exactly once or failed visibly to the client (`failed_visibly`);
     anything else is named. An answer must carry its own id, one no other request got (SGLang
     answers with the rid it was sent; `ids_echo_rid=False` for a front that assigns its own ids,
     as sglang-router does)."""
@@ -46,7 +52,7 @@ def exactly_once_problems(records: list[dict], ids_echo_rid: bool = True) -> lis
         elif ids_echo_rid and r["id"] != r["rid"]:
             problems.append(f"request {r['rid']} got the answer of {r['id']!r}")
     for r in records:
-        if (r.get("status") != 200 or r.get("error")) and not retryable(r.get("status")):
+        if (r.get("status") != 200 or r.get("error")) and not failed_visibly(r):
             problems.append(f"request {r['rid']} failed without a retryable status: {r.get('status')} {r.get('error')}")
     return problems
 
