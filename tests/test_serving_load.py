@@ -54,5 +54,7 @@ def test_soak_script_reports_windows_memory_and_accept_length(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"] > 0 and summary["failures"] == 0 and summary["exactly_once_problems"] == []
     assert len(summary["windows"]) == 3 and sum(w["requests"] for w in summary["windows"]) == summary["requests"]
-    assert all(w["rss_mib"] > 100 and w["accept_length"] >= 1.0 for w in summary["windows"])
+    # SGLang's gauge starts at 0 until its first decode log interval
+    assert all(w["rss_mib"] > 100 and w["accept_length"] is not None for w in summary["windows"])
+    assert summary["windows"][-1]["accept_length"] >= 1.0
     assert summary["rss_growth_after_warmup_mib"] is not None

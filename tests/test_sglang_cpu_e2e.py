@@ -83,21 +83,28 @@ def _t1_samples(url, prompt_ids, **sampling):
 
 
 # Sampling parameters HASS applies exactly, as distribution tests (T=1, same prompt): a logit bias
-# against the token plain SGLang samples most often in 2nd place, and top-k with top-p.
-T1_SETS = {"logit_bias": lambda tok: {"logit_bias": {str(tok): -2.0}},
-           "top_k + top_p": lambda tok: {"top_k": 3, "top_p": 0.8}}
+# of -2 on the 8 tokens plain SGLang samples most often in 2nd place (the distribution there is
+# spread: one token holds ~10%, so a bias on one token would change nothing measurable), top-k,
+# and top-p. Each alone: with both set, plain SGLang cuts top-p on the mass before top-k while its
+# speculative verification (and HASS) renormalise after top-k, a known deviation (docs/serving.md).
+T1_SETS = {"logit_bias": lambda toks: {"logit_bias": {str(t): -2.0 for t in toks}},
+           "top_k": lambda toks: {"top_k": 3}, "top_p": lambda toks: {"top_p": 0.5}}
 
 
-def _t1_collect(url, prompt_ids, bias_token=None):
+def _bias_tokens(samples, n=8):
+    return [t for t, _ in Counter(o[1] for o in samples).most_common(n)]
+
+
+def _t1_collect(url, prompt_ids, bias_tokens=None):
     out = {"t1": _t1_samples(url, prompt_ids)}
-    if bias_token is None:  # plain SGLang: its own most frequent 2nd token
-        bias_token = Counter(o[1] for o in out["t1"][0]).most_common(1)[0][0]
-    out["bias_token"] = bias_token
-    out["t1_sets"] = {name: _t1_samples(url, prompt_ids, **params(bias_token)) for name, params in T1_SETS.items()}
+    if bias_tokens is None:  # plain SGLang: from its own samples
+        bias_tokens = _bias_tokens(out["t1"][0])
+    out["bias_tokens"] = bias_tokens
+    out["t1_sets"] = {name: _t1_samples(url, prompt_ids, **params(bias_tokens)) for name, params in T1_SETS.items()}
     return out
 
 
-def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_token=None):
+def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_tokens=None):
     out = {}
     spec = ServerSpec(model=str(target.path), draft=None if draft is None else str(draft), device="cpu")
     with running_server(spec, log_path=log_path) as url:
@@ -108,7 +115,7 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
         out["streamed"] = [_chat(client, p, stream=True)[0] for p in prompts[:2]]
         out["log_t0"] = Path(log_path).read_text()  # everything at T=0 so far
         if t1:
-            out.update(_t1_collect(url, target.chat_prompt_ids(T1_PROMPT), bias_token))
+            out.update(_t1_collect(url, target.chat_prompt_ids(T1_PROMPT), bias_tokens))
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
         out["probe"] = _probe(url, client, prompts[0])
@@ -155,13 +162,46 @@ def _bad_inputs(url, client, prompt):
         body = {k: v for k, v in {**base, **change}.items() if v is not None}
         got[name] = post(url, "/v1/chat/completions", body)
     got["max_tokens = 0"] = post(url, "/v1/chat/completions", {**base, "max_tokens": 0})
-    # Client disconnect mid-stream: read one chunk, then close the connection.
-    stream = client.chat.completions.create(model="default", messages=base["messages"], max_tokens=200,
-                                            temperature=0, stream=True)
-    next(iter(stream))
-    stream.close()
+    got["burst"] = _burst(url, client, prompt)
     got["after"] = _chat(client, prompt)[0]
     return got
+
+
+def _hang_up(client, prompt):
+    """A client that disconnects mid-stream: read one chunk, then close the connection."""
+    stream = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=200, temperature=0, stream=True)
+    next(iter(stream))
+    stream.close()
+    return "hung up"
+
+
+BURST = [  # (endpoint, body changes): what a mixed crowd of clients sends at once
+    ("/v1/chat/completions", {}), ("/v1/chat/completions", {"n": 2, "temperature": 0.8}),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2}), ("/v1/chat/completions", {"stop": ["."]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Traduis en français : «bonjour» 👋 — 你好"}]}),
+    ("/v1/chat/completions", {"temperature": 1.0, "top_p": 0.9, "top_k": 20}),
+    ("/v1/completions", {"prompt": "The capital of France is", "temperature": 0.5}),
+    ("/generate", {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 6, "temperature": 1.0}}),
+]
+
+
+def _burst(url, client, prompt, size=40, hang_ups=5):
+    """`size` mixed requests at once plus `hang_ups` clients leaving mid-stream -> statuses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = {"model": "default", "messages": [{"role": "user", "content": prompt}], "max_tokens": 6}
+    bodies = []
+    for i in range(size):
+        path, change = BURST[i % len(BURST)]
+        body = {**base, **change} if path != "/generate" else dict(change)
+        if path == "/v1/completions":
+            body.pop("messages")
+        bodies.append((path, body))
+    with ThreadPoolExecutor(size + hang_ups) as pool:
+        left = [pool.submit(_hang_up, client, prompt) for _ in range(hang_ups)]
+        answers = [pool.submit(post, url, path, body) for path, body in bodies]
+        return {"statuses": [a.result()[0] for a in answers], "hang_ups": [h.result() for h in left]}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +212,7 @@ def vanilla(target, prompts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hass(target, prompts, vanilla, tmp_path_factory):
     return _serve_and_collect(target, prompts, HASS_DRAFT, tmp_path_factory.mktemp("hass") / "server.log",
-                              t1=True, bad_input=True, bias_token=vanilla["bias_token"])
+                              t1=True, bad_input=True, bias_tokens=vanilla["bias_tokens"])
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +309,10 @@ def test_bad_http_input_gets_4xx_or_a_clean_stop_and_the_server_keeps_serving(ha
     status, body = bad["max_tokens = 0"]  # a clean stop: nothing generated, finish_reason "length"
     assert status == 200 and body["choices"][0]["message"]["content"] == ""
     assert body["choices"][0]["finish_reason"] == "length"
-    # After all of that (and a client that hung up mid-stream) the same request gets the same answer.
+    # A burst of 40 mixed requests (n=2, logprobs, stop, unicode, completions, /generate, T>0) with
+    # five clients hanging up mid-stream: all answered.
+    assert bad["burst"]["statuses"] == [200] * 40 and bad["burst"]["hang_ups"] == ["hung up"] * 5
+    # After all of that the same request gets the same answer.
     assert bad["after"] == hass["texts"][0]
 
 
