@@ -172,7 +172,10 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="turns a _validate_request message into a 400 error response"),
     Symbol(path="sglang.srt.managers.tokenizer_manager:TokenizerManager._create_tokenized_object",
            params=("self", "obj", "input_text", "input_ids"),
-           why="AROUND hook: sampling parameters HASS would not honour -> 400 (serving/request_checks.py)"),
+           why="AROUND hook: sampling parameters HASS would not honour and prompt ids outside the vocabulary -> 400 "
+               "(serving/request_checks.py)"),
+    Symbol(path="sglang.srt.managers.io_struct:TokenizedGenerateReqInput", fields=("input_ids", "sampling_params"),
+           why="what that hook reads from the tokenized request"),
     Symbol(path="sglang.srt.sampling.sampling_params:SamplingParams",
            fields=("top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "sampling_seed",
                    "logit_bias"),
