@@ -6,7 +6,7 @@
   breaks, and only those), the replicas began exactly as many answers as the clients got or saw
   cut (nothing ran twice), answers keep coming after the kill, and the router reports the killed
   worker unhealthy and the other healthy.
-- the soak script (benchmarks/soak.py) on a short run: windows, scheduler RSS, accept length.
+(benchmarks/soak.py, the 10-minute soak, is a benchmark, not a test: its numbers are in docs/serving.md.)
 """
 
 import json
@@ -41,20 +41,3 @@ def test_a_killed_replica_fails_over_without_losing_or_repeating_a_request(tmp_p
     assert all(w["is_healthy"] for w in summary["workers_before"]["workers"])
     assert "| before kill |" in run.stdout and "| after |" in run.stdout
 
-
-def test_soak_script_reports_windows_memory_and_accept_length(tmp_path):
-    """benchmarks/soak.py, 30 s instead of 10 min: straight to SGLang, whose answers carry the
-    request's own rid, so exactly-once is checked on ids too."""
-    out = tmp_path / "soak"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "0.5", "--users", "2",
-                          "--window", "10", "--max-tokens", "16", "--warmup-windows", "1", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
-    print(run.stdout[-3000:])
-    assert run.returncode == 0, run.stderr[-4000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["requests"] > 0 and summary["failures"] == 0 and summary["exactly_once_problems"] == []
-    assert len(summary["windows"]) == 3 and sum(w["requests"] for w in summary["windows"]) == summary["requests"]
-    # SGLang's gauge starts at 0 until its first decode log interval
-    assert all(w["rss_mib"] > 100 and w["accept_length"] is not None for w in summary["windows"])
-    assert summary["windows"][-1]["accept_length"] >= 1.0
-    assert summary["rss_growth_after_warmup_mib"] is not None

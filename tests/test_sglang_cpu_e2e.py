@@ -83,11 +83,11 @@ def _t1_samples(url, prompt_ids, **sampling):
 
 
 # Sampling parameters HASS applies exactly, as distribution tests (T=1, same prompt): a logit bias
-# of -2 on the 8 tokens plain SGLang samples most often in 2nd place (the distribution there is
+# of -5 on the 8 tokens plain SGLang samples most often in 2nd place (the distribution there is
 # spread: one token holds ~10%, so a bias on one token would change nothing measurable), top-k,
 # and top-p. Each alone: with both set, plain SGLang cuts top-p on the mass before top-k while its
 # speculative verification (and HASS) renormalise after top-k, a known deviation (docs/serving.md).
-T1_SETS = {"logit_bias": lambda toks: {"logit_bias": {str(t): -2.0 for t in toks}},
+T1_SETS = {"logit_bias": lambda toks: {"logit_bias": {str(t): -5.0 for t in toks}},
            "top_k": lambda toks: {"top_k": 3}, "top_p": lambda toks: {"top_p": 0.5}}
 
 
