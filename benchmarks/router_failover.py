@@ -32,7 +32,7 @@ from transformers import AutoConfig
 
 from hass_sglang.bench.load import exactly_once_problems, phase_stats, phase_table, read_requests
 from hass_sglang.drafts import resolve_draft
-from hass_sglang.serving.server import ServerSpec, free_port, launched_server
+from hass_sglang.serving.server import ServerSpec, free_port, launched_server, stop_process_group
 from hass_sglang.target import EMBEDDED_TARGET, resolve_target
 
 HERE = Path(__file__).resolve().parent
@@ -73,13 +73,7 @@ def running_router(worker_urls: list[str], log_path: Path, timeout_s: float = 12
                 time.sleep(1)
             yield url, f"http://127.0.0.1:{prom}"
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process_group(proc, 20)
 
 
 def run(out: Path, users: int, before: float, during: float, after: float, max_tokens: int,

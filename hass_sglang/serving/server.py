@@ -141,12 +141,19 @@ def launched_server(spec: ServerSpec, log_path: str | Path | None = None, timeou
             time.sleep(2)
         yield LaunchedServer(spec.url, proc.pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, 30)
         if log is not None:
             log.close()
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL after
+    `timeout_s`; a group already gone (e.g. killed by a fault test) is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
