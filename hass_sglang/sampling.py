@@ -1,7 +1,9 @@
 """Sampling parameters and logit processing, shared by vanilla and speculative decoding.
 
-One definition of "the target distribution" for every decoder: temperature, then top-k, then
-top-p, the order HF transformers and SGLang apply them in. Temperature 0 means greedy.
+One definition of "the target distribution" for every decoder: SGLang's (its pytorch sampler, and
+flashinfer's with `filter_apply_order="joint"`): temperature, then a token is kept when it is among
+the top-k AND the probability mass ranked above it is at most top-p — top-p measured on the full
+distribution, not on the top-k renormalised one (HF transformers' order). Temperature 0 means greedy.
 """
 
 from __future__ import annotations
@@ -75,19 +77,22 @@ def check_finite(logits: torch.Tensor) -> None:
 def target_probs(logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
     """[..., V] logits -> [..., V] probabilities of the sampling distribution (non-greedy)."""
     check_finite(logits)
-    logits = logits.float() / sp.temperature
-    if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, sp.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits.float() / sp.temperature, dim=-1)
+    top_k = sp.top_k if 0 < sp.top_k < logits.shape[-1] else 0
     if sp.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= sp.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+        # SGLang's rule: drop a token when the mass ranked above it exceeds top_p (the top token
+        # always stays), and when its rank is top_k or later; both on the same full ranking.
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) > sp.top_p
+        if top_k:
+            drop_sorted[..., top_k:] = True
+        probs = probs.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), 0.0)
+    elif top_k:
+        kth = torch.topk(probs, top_k, dim=-1).values[..., -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    else:
+        return probs
+    return probs / probs.sum(-1, keepdim=True)
 
 
 def sample_token(logits: torch.Tensor, sp: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:

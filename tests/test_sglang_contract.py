@@ -78,3 +78,14 @@ def test_contract_fails_loudly_when_a_symbol_is_removed_or_resigned():
     assert "resolving_view: parameters ['args', 'strict'] do not start with ['server_args']" in results["resigned"][0]
     assert len(results["unlisted_step"]) == 1
     assert "does not contain 'handle_speculative_decoding'" in results["unlisted_step"][0]
+
+
+def test_source_order_pins_fail_when_the_behaviour_changes():
+    """The top-k/top-p order of SGLang's GPU verification is pinned by snippets in order: the same
+    snippets reversed (what an SGLang that cut top-p first would look like) are reported."""
+    from hass_sglang.serving.contract import Symbol, check_symbol
+
+    pinned = next(s for s in SYMBOLS if s.path.endswith(":eagle_sample") and s.source_order)
+    assert check_symbol(pinned) is None
+    reversed_order = Symbol(path=pinned.path, why=pinned.why, source_order=tuple(reversed(pinned.source_order)))
+    assert "not found (in order)" in check_symbol(reversed_order)

@@ -85,10 +85,12 @@ def _t1_samples(url, prompt_ids, **sampling):
 # Sampling parameters HASS applies exactly, as distribution tests (T=1, same prompt): a logit bias
 # of -5 on the 8 tokens plain SGLang samples most often in 2nd place (the distribution there is
 # spread: one token holds ~10%, so a bias on one token would change nothing measurable), top-k,
-# and top-p. Each alone: with both set, plain SGLang cuts top-p on the mass before top-k while its
-# speculative verification (and HASS) renormalise after top-k, a known deviation (docs/serving.md).
+# top-p, and both: plain SGLang cuts top-p on the full distribution's mass, not on the top-k
+# renormalised one (where the spread top-3 hold little mass the two rules keep different sets;
+# tests/test_sglang_cpu_ops.py compares the rule with SGLang's sampler token by token).
 T1_SETS = {"logit_bias": lambda toks: {"logit_bias": {str(t): -5.0 for t in toks}},
-           "top_k": lambda toks: {"top_k": 3}, "top_p": lambda toks: {"top_p": 0.5}}
+           "top_k": lambda toks: {"top_k": 3}, "top_p": lambda toks: {"top_p": 0.5},
+           "top_k+top_p": lambda toks: {"top_k": 3, "top_p": 0.5}}
 
 
 def _bias_tokens(samples, n=8):

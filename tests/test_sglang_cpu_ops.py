@@ -407,6 +407,40 @@ def test_hook_target_probs_apply_each_requests_temperature_top_k_top_p():
     assert list(invalid) == [1] and "temperature must be a finite number" in invalid[1]
 
 
+@pytest.mark.parametrize("top_k,top_p", [(3, 0.5), (8, 0.3), (1 << 30, 0.7), (5, 1.0), (2, 0.05), (20, 0.9)])
+def test_hook_distribution_is_plain_sglangs_sampler_filter(top_k, top_p):
+    """With top_k and top_p together, plain SGLang keeps a token when it is in the top-k AND the
+    mass ranked above it (on the full distribution) is at most top_p; HASS's CPU verification must
+    sample from exactly that set, renormalised. Compared with SGLang's own pytorch sampler."""
+    from sglang.srt.layers.sampler import top_k_top_p_min_p_sampling_from_probs_torch as sglang_filter
+
+    from hass_sglang.serving.cpu.sampling_verify import request_probs
+
+    g = torch.Generator().manual_seed(top_k % 97)
+    logits = torch.randn(6, 300, generator=g) * 2.5
+    probs = torch.softmax(logits, -1)
+    rows = logits.shape[0]
+    _, kept, ids, _ = sglang_filter(probs.clone(), torch.full((rows,), top_k), torch.full((rows,), top_p),
+                                    torch.zeros(rows), False, None, None, return_filtered_probs=True)
+    want = torch.zeros_like(probs).scatter(-1, ids.long(), kept)
+    want = want / want.sum(-1, keepdim=True)
+    got, invalid = request_probs(logits.view(1, rows, -1), torch.tensor([[1.0]]),
+                                 torch.tensor([top_k], dtype=torch.int32), torch.tensor([top_p]))
+    assert invalid == {}
+    assert torch.equal(got[0] > 0, want > 0), "a different set of tokens is kept"
+    assert torch.allclose(got[0], want, atol=1e-6)
+
+
+def test_top_p_is_measured_before_top_k_renormalisation():
+    """The case where the definitions part: top-3 hold 0.6 of the mass; with top_p 0.5 plain SGLang
+    keeps all three (0.45 ranks above the 3rd), renormalising first would cut the 3rd (0.45/0.6 > 0.5)."""
+    from hass_sglang.sampling import SamplingParams, target_probs
+
+    logits = torch.log(torch.tensor([0.3, 0.15, 0.15, 0.1, 0.1, 0.1, 0.1]))
+    p = target_probs(logits, SamplingParams(temperature=1.0, top_k=3, top_p=0.5))
+    assert torch.allclose(p, torch.tensor([0.5, 0.25, 0.25, 0, 0, 0, 0]))
+
+
 def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request():
     """Grammar masks (-inf, whole rows masked past a rejected token) are verified over the allowed
     set; a request with NaN logits is ended with FINISH_ABORT and the others of the batch go on."""

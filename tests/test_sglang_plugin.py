@@ -583,6 +583,15 @@ def test_sampling_parameters_hass_would_change_are_refused_by_name():
     for name, kw in bad.items():
         msg = sampling_error(SGLangParams(**kw))
         assert msg and name in msg, (name, msg)
+    # top_k with top_p: exact where the project's CPU verification runs (joint, as plain SGLang);
+    # SGLang's GPU verification renormalises over top-k before top-p: refused there, each alone not.
+    both = SGLangParams(temperature=1.0, top_k=20, top_p=0.9)
+    assert sampling_error(both) is None
+    msg = sampling_error(both, joint_top_k_top_p=False)
+    assert msg and "top_k together with top_p" in msg
+    for kw in (dict(temperature=1.0, top_k=20), dict(temperature=1.0, top_p=0.9), dict(temperature=0.0, top_p=0.9),
+               dict(temperature=1.0, top_k=-1, top_p=0.9)):
+        assert sampling_error(SGLangParams(**kw), joint_top_k_top_p=False) is None, kw
 
 
 def test_prompt_token_ids_outside_the_vocabulary_are_named():

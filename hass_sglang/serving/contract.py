@@ -6,7 +6,8 @@ An SGLang upgrade that renames, removes or re-signs any of them must fail CI lou
 than at some later launch. `python -m hass_sglang.serving.contract` prints the problems (exit 1).
 
 Paths are `module:qualified.name` (pkgutil.resolve_name syntax). `params` are the leading
-parameter names a callable must accept, in order; `contains` / `equals` check a value.
+parameter names a callable must accept, in order; `contains` / `equals` check a value;
+`source_order` pins a behaviour the plugin mirrors or refuses (snippets found in order in the source).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Symbol(BaseModel):
     equals: Any = None
     contains: str | None = None
     fields: tuple[str, ...] | None = None  # msgspec Struct fields that must exist (ServerArgs)
+    source_order: tuple[str, ...] | None = None  # snippets the source must hold, in this order
 
 
 # the fields the plan reads and declares; one list, shared with the plugin
@@ -188,6 +190,21 @@ SYMBOLS: tuple[Symbol, ...] = (
            why="REPLACE hook: create_error_response bodies without server paths (serving/request_checks.py)"),
     Symbol(path="sglang.srt.entrypoints.openai.protocol:ErrorResponse", fields=None,
            why="the class PublicErrorResponse subclasses (its `message` field is scrubbed)"),
+    # top_k with top_p: plain SGLang cuts both on one full ranking (sampling.target_probs mirrors it,
+    # the CPU hook verifies with it); SGLang's GPU verification renormalises over top-k first, so
+    # HASS servers on GPU refuse the combination (request_checks.sampling_error). If SGLang aligns
+    # them, these fail and the refusal can go.
+    Symbol(path="sglang.srt.layers.sampler:top_k_top_p_min_p_sampling_from_probs_torch",
+           source_order=("probs_sum = torch.cumsum(probs_sort", ">= top_ks.view(-1, 1)",
+                         "(probs_sum - probs_sort) > top_ps.view(-1, 1)"),
+           why="plain SGLang's top-k/top-p rule on CPU, the one sampling.target_probs reproduces"),
+    Symbol(path="sglang.srt.layers.sampler:Sampler._sample_from_probs",
+           source_order=("top_k_top_p_sampling_from_probs(", 'filter_apply_order="joint"'),
+           why="plain SGLang on GPU (flashinfer) uses the same joint top-k/top-p rule"),
+    Symbol(path="sglang.srt.speculative.eagle_utils:eagle_sample",
+           source_order=("target_probs = top_k_renorm_prob(", "target_probs = top_p_renorm_prob("),
+           why="SGLang's GPU verification applies top_p after renormalising over top-k: HASS refuses "
+               "top_k with top_p on GPU servers"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",
            why="the [bs, topk, num_steps] draft slot layout build_draft_decode_metadata_cpu follows"),
 )
@@ -214,6 +231,16 @@ def check_symbol(sym: Symbol) -> str | None:
         return f"{sym.path}: is {obj!r}, expected {sym.equals!r}"
     if sym.contains is not None and sym.contains not in obj:
         return f"{sym.path}: does not contain {sym.contains!r} - {sym.why}"
+    if sym.source_order is not None:
+        try:
+            source, at = inspect.getsource(obj), 0
+        except (OSError, TypeError) as exc:
+            return f"{sym.path}: no source to check ({exc})"
+        for snippet in sym.source_order:
+            found = source.find(snippet, at)
+            if found < 0:
+                return f"{sym.path}: {snippet!r} not found (in order) in its source - {sym.why}"
+            at = found + len(snippet)
     if sym.fields is not None:
         have = set(getattr(obj, "__struct_fields__", ()))
         missing = [f for f in sym.fields if f not in have]

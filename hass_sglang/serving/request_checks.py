@@ -98,8 +98,14 @@ def checks_model_names(server_args) -> bool:
     return is_hass(requested) and os.environ.get("HASS_ACCEPT_ANY_MODEL_NAME") != "1"
 
 
-def sampling_error(sp) -> str | None:
-    """None when HASS applies `sp` (SGLang's normalised SamplingParams) exactly, else why not (pure)."""
+# SGLang's normalised "no top-k" (top_k -1 or 0 in a request becomes 1 << 30).
+_TOP_K_OFF = 1 << 30
+
+
+def sampling_error(sp, joint_top_k_top_p: bool = True) -> str | None:
+    """None when HASS applies `sp` (SGLang's normalised SamplingParams) exactly, else why not (pure).
+    `joint_top_k_top_p`: verification cuts top_p on the full distribution as plain SGLang does (the
+    project's CPU hook); SGLang's own GPU verification renormalises over the top-k tokens first."""
     greedy = sp.top_k == 1  # SGLang's normalised greedy (temperature 0 -> top_k 1)
     if sp.min_p and sp.min_p > 0:
         return ("min_p is not supported with HASS speculative decoding: SGLang's speculative "
@@ -111,6 +117,10 @@ def sampling_error(sp) -> str | None:
     if sp.sampling_seed is not None and not greedy:
         return ("seed is not supported with HASS speculative decoding at temperature > 0: speculative "
                 "verification does not draw from the request's generator")
+    if not joint_top_k_top_p and not greedy and 1 < sp.top_k < _TOP_K_OFF and sp.top_p < 1.0:
+        return ("top_k together with top_p is not supported with HASS speculative decoding on this server: "
+                "SGLang's speculative verification applies top_p after renormalising over the top_k tokens, "
+                "plain decoding applies it to the full distribution (set only one of top_k and top_p)")
     bias = sp.logit_bias or {}
     if any(not math.isfinite(float(v)) for v in bias.values()):
         return "logit_bias values must be finite numbers"
@@ -144,7 +154,9 @@ def around_create_tokenized_object(original, self, *args, **kwargs):
         raise ValueError(message)
     sp = getattr(tokenized, "sampling_params", None)
     if sp is not None and checks_sampling(self.server_args):
-        message = sampling_error(sp)
+        from hass_sglang.serving.cpu import project_verifies_on_cpu
+
+        message = sampling_error(sp, joint_top_k_top_p=project_verifies_on_cpu())
         if message:
             raise ValueError(message)  # SGLang answers 400 with the message, as for its own verify()
     return tokenized

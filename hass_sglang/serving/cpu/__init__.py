@@ -39,6 +39,14 @@ def cpu_engine_requested(environ=os.environ) -> bool:
     return environ.get("SGLANG_USE_CPU_ENGINE", "0") == "1"
 
 
+def project_verifies_on_cpu() -> bool:
+    """True where `activate` installs the project's T > 0 verification (sampling_verify.py) instead
+    of SGLang's own (GPU) one: the request checks differ by what verification applies exactly."""
+    import torch
+
+    return cpu_engine_requested() and not torch.cuda.is_available()
+
+
 def real_sgl_kernel_loads() -> bool:
     """True when an `sgl_kernel` other than our stand-in imports in this process."""
     if "sgl_kernel" in sys.modules:
@@ -79,9 +87,7 @@ def activate() -> dict:
     if "done" in _state:
         return _state["done"]
     done = {"cpu": False, "shim": False, "ops": [], "amx": False}
-    import torch
-
-    if cpu_engine_requested() and not torch.cuda.is_available():
+    if project_verifies_on_cpu():
         done["cpu"] = True
         if not real_sgl_kernel_loads():
             install_shim()
