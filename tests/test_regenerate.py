@@ -6,6 +6,7 @@ import pytest
 
 import hass_sglang.train.regenerate as regen
 from hass_sglang.errors import DataError
+from hass_sglang.io import read_json, write_json_atomic
 from hass_sglang.train.data import convert, load_sharegpt
 from hass_sglang.eval_sets import shared_data_dir
 from hass_sglang.vanilla import generate_vanilla
@@ -36,7 +37,7 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
     monkeypatch.setattr(regen, "_generate_batch", dying)
     with pytest.raises(KeyboardInterrupt):
         regen.regenerate(target, cfg(data), out, progress=False)
-    assert not out.exists() and len(list((tmp_path / "r.json.parts").glob("part-*.json"))) == 1
+    assert not out.exists() and len(list((tmp_path / "r.json.parts").glob("part-*.json.gz"))) == 1
     monkeypatch.setattr(regen, "_generate_batch", real)
     report = regen.regenerate(target, cfg(data), out, progress=False)
     assert report.kept == 5 and calls["n"] == 2  # the finished batch was not redone
@@ -54,3 +55,9 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
     with pytest.raises(DataError, match="different settings"):
         regen.regenerate(target, cfg(data, max_new_tokens=25), out, progress=False)
     assert json.loads((tmp_path / "r.json.parts" / "settings.json").read_text())["max_new_tokens"] == 24
+    # a finished part that belongs to other conversations (the input changed under the same path) is named
+    first = tmp_path / "r.json.parts" / "part-00000.json.gz"
+    rows = read_json(first)
+    write_json_atomic(first, rows[::-1])
+    with pytest.raises(DataError, match="part-00000.json.gz holds other conversations"):
+        regen.regenerate(target, cfg(data), out, progress=False)

