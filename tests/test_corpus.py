@@ -66,3 +66,16 @@ def test_a_truncated_source_keeps_its_complete_records(tmp_path):
     assert reports["cut"].truncated and reports["cut"].kept == 3
     with pytest.raises(DataError, match="unique"):
         build_corpus([Source(name="a", path="x.json", preset="gsm8k")] * 2, tmp_path / "d.json", eval_keys={})
+
+
+def test_per_source_caps():
+    from hass_sglang.train.corpus import parse_caps
+
+    assert parse_caps(["100", "sharegpt=5000"]) == (100, {"sharegpt": 5000})
+    assert parse_caps(None) == (None, {})
+    for bad in (["x"], ["=5"], ["a=b"], ["-3"]):
+        with pytest.raises(DataError, match="max-per-source"):
+            parse_caps(bad)
+    with pytest.raises(DataError, match="unknown sources"):
+        build_corpus([Source(name="a", path="x.json", preset="gsm8k")], "o.json", CorpusConfig(source_max={"b": 1}),
+                     eval_keys={})

@@ -1,9 +1,10 @@
 """Training data from SGLang itself: target features (`hass features --engine sglang`) and
-self-distilled answers (`hass regenerate --endpoint`) from one real SGLang CPU server on loopback,
-checked against the transformers paths on SmolLM2."""
+self-distilled answers (`hass regenerate --endpoint`, and `--serve` with its own server) from real
+SGLang CPU servers on loopback, checked against the transformers paths on SmolLM2."""
 
 import json
 import os
+import socket
 
 import pytest
 import torch
@@ -89,3 +90,30 @@ def test_regenerate_through_the_endpoint_is_exactly_once_and_equals_transformers
     assert report.new_tokens > 0 and json.loads((parts / "settings.json").read_text())["engine"] == "endpoint"
     with pytest.raises(Exception, match="different settings"):  # a parts folder of the other engine is refused
         regen.regenerate(target, regen.RegenerateConfig(**base), out, progress=False)
+
+
+def test_regenerate_serve_runs_its_own_plain_sglang_server(target, data, tmp_path, capsys):
+    """`hass regenerate --serve`: a plain SGLang server of the target is started here, answers every
+    conversation once (the target's greedy answer, fp32), is stopped at the end; the output is gzip."""
+    from hass_sglang.cli import main
+    from hass_sglang.sampling import SamplingParams
+    from hass_sglang.vanilla import generate_vanilla
+
+    out = tmp_path / "served.json.gz"
+    assert main(["regenerate", "--serve", "--data", str(data), "--out", str(out), "--max-new-tokens", "12",
+                 "--concurrency", "3", "--target-dtype", "float32", "--batch-size", "4"]) == 0
+    said = capsys.readouterr().out
+    assert "--max-running-requests 3" in said and "--port 0" not in said and "6 conversations" in said
+    convs = load_sharegpt(out)
+    assert len({c.id for c in convs}) == 6
+    parts = tmp_path / "served.json.gz.parts"
+    assert json.loads((parts / "settings.json").read_text())["engine"] == "endpoint"
+    assert sorted(p.name for p in parts.glob("part-*")) == ["part-00000.json.gz", "part-00001.json.gz"]
+    same = 0
+    for conv in convs:
+        want = generate_vanilla(target, target.chat_prompt_ids(conv.messages[0]["content"]), 12, SamplingParams()).tokens
+        same += conv.messages[1]["content"] == target.tokenizer.decode(want, skip_special_tokens=True).strip()
+    assert same >= 5, f"only {same}/6 answers are the target's greedy ones"
+    port = int(said.split("--port ")[1].split()[0])
+    with socket.socket() as s:  # the server is gone
+        assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -105,6 +105,7 @@ class CorpusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_per_source: int | None = None  # kept prompts per source (file order)
+    source_max: dict[str, int] = {}  # per-source caps by name, over max_per_source
     min_ascii_share: float = 0.95
     max_prompt_chars: int = 4000  # the regenerate step drops prompts over its token budget anyway
 
@@ -117,10 +118,39 @@ class SourceReport:
     truncated: bool = False
 
 
+def parse_caps(values: list[str] | None) -> tuple[int | None, dict[str, int]]:
+    """`--max-per-source` values: N (every source) and/or NAME=N (that source)."""
+    default, per = None, {}
+    for v in values or []:
+        name, sep, n = v.rpartition("=")
+        if not n.isdigit() or (sep and not name):
+            raise DataError(f"--max-per-source {v!r}: expected N or NAME=N")
+        if sep:
+            per[name] = int(n)
+        else:
+            default = int(n)
+    return default, per
+
+
 def first_exchange(conv: Conversation) -> Conversation:
     """Leading system message (if any), the first user turn and the answer to it."""
     start = 1 if conv.messages[0]["role"] == "system" else 0
     return Conversation(conv.id, conv.messages[: start + 2])
+
+
+def _first_exchange_record(rec, preset: str):
+    """A ShareGPT record cut to its leading system turn, first turn and the one after it: later turns
+    (often not alternating in the wild) do not matter to a prompt corpus."""
+    turns = rec.get("conversations") if isinstance(rec, dict) and preset == "sharegpt" else None
+    if not isinstance(turns, list):
+        return rec
+    speakers = [str(t.get("from", "")).lower() if isinstance(t, dict) else "" for t in turns]
+    start = 1 if speakers[:1] == ["system"] else 0
+    if speakers[start:start + 1] in (["gpt"], ["chatgpt"], ["assistant"]):
+        # ShareGPT's "cleaned_split" cuts long chats into parts; a later part opens with an answer
+        # and its first user turn leans on turns it does not hold
+        raise SkipRecord("continuation of a split conversation")
+    return {**rec, "conversations": turns[: start + 2]}
 
 
 def build_corpus(sources: list[Source], out: str | Path, cfg: CorpusConfig = CorpusConfig(),
@@ -130,19 +160,22 @@ def build_corpus(sources: list[Source], out: str | Path, cfg: CorpusConfig = Cor
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise DataError(f"source names must be unique, got {names}")
+    if set(cfg.source_max) - set(names):
+        raise DataError(f"caps for unknown sources {sorted(set(cfg.source_max) - set(names))}; sources: {names}")
     eval_keys = eval_prompt_keys() if eval_keys is None else eval_keys
     seen: set[str] = set()
     rows: list[dict] = []
     reports: dict[str, SourceReport] = {}
     for src in sources:
         rep = reports[src.name] = SourceReport()
+        cap = cfg.source_max.get(src.name, cfg.max_per_source)
         try:
             for i, rec in enumerate(iter_source_records(src.path)):
-                if cfg.max_per_source is not None and rep.kept >= cfg.max_per_source:
+                if cap is not None and rep.kept >= cap:
                     break
                 rep.read += 1
                 try:
-                    conv = first_exchange(to_conversation(rec, src.preset, i))
+                    conv = first_exchange(to_conversation(_first_exchange_record(rec, src.preset), src.preset, i))
                 except SkipRecord as why:
                     rep.skipped[str(why)] += 1
                     continue

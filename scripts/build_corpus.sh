@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The self-distillation corpus of the shipped SmolLM2 drafts (docs/training.md, "A corpus worth
+# training on"): open prompts without the eval questions -> answers from a plain SGLang server of
+# the target (bf16, continuous batching). Resumable: re-run after a kill; finished parts stay in
+# data/smollm2-135m-instruct/answers.json.gz.parts/ (committed, so a new machine resumes too).
+# Extra arguments go to `hass regenerate` (e.g. --concurrency 32).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=data/smollm2-135m-instruct
+.venv/bin/hass corpus --out "$out/prompts.json" --max-per-source sharegpt=5000 gsm8k=2600 code_alpaca=2600
+.venv/bin/hass regenerate --serve --data "$out/prompts.json" --out "$out/answers.json.gz" \
+    --batch-size 64 --concurrency 64 --max-new-tokens 256 --target-dtype bfloat16 "$@"
