@@ -5,6 +5,8 @@ SGLang CPU servers on loopback, checked against the transformers paths on SmolLM
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -92,17 +94,18 @@ def test_regenerate_through_the_endpoint_is_exactly_once_and_equals_transformers
         regen.regenerate(target, regen.RegenerateConfig(**base), out, progress=False)
 
 
-def test_regenerate_serve_runs_its_own_plain_sglang_server(target, data, tmp_path, capsys):
+def test_regenerate_serve_runs_its_own_plain_sglang_server(target, data, tmp_path):
     """`hass regenerate --serve`: a plain SGLang server of the target is started here, answers every
     conversation once (the target's greedy answer, fp32), is stopped at the end; the output is gzip."""
-    from hass_sglang.cli import main
     from hass_sglang.sampling import SamplingParams
     from hass_sglang.vanilla import generate_vanilla
 
     out = tmp_path / "served.json.gz"
-    assert main(["regenerate", "--serve", "--data", str(data), "--out", str(out), "--max-new-tokens", "12",
-                 "--concurrency", "3", "--target-dtype", "float32", "--batch-size", "4"]) == 0
-    said = capsys.readouterr().out
+    run = subprocess.run([sys.executable, "-m", "hass_sglang.cli", "regenerate", "--serve", "--data", str(data),
+                          "--out", str(out), "--max-new-tokens", "12", "--concurrency", "3", "--target-dtype",
+                          "float32", "--batch-size", "4"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = run.stdout
     assert "--max-running-requests 3" in said and "--port 0" not in said and "6 conversations" in said
     convs = load_sharegpt(out)
     assert len({c.id for c in convs}) == 6
