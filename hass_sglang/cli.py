@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -147,8 +148,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_corpus(args) -> int:
-    from pathlib import Path
-
     from hass_sglang.io import write_json_atomic
     from hass_sglang.train.corpus import (CorpusConfig, Source, build_corpus, default_sources, parse_caps, report_json,
                                           report_table)
@@ -200,8 +199,9 @@ def cmd_regenerate(args) -> int:
     if args.serve:
         if args.endpoint:
             raise HassError("regenerate: --serve starts its own endpoint; drop --endpoint")
-        with contextlib.ExitStack() as stack:
-            url = stack.enter_context(_plain_sglang_server(args))
+        # a kill (SIGTERM) unwinds like Ctrl-C, so the server this started is stopped with it
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        with _plain_sglang_server(args) as url:
             source = Endpoint(url, load_tokenizer(args.target), concurrency=args.concurrency, retries=args.retries)
             r = regenerate(source, cfg, args.out)
     else:
