@@ -9,9 +9,28 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
 
 
+def test_an_answer_is_explained_only_where_it_takes_plains_best_alternative_at_a_near_tie():
+    from hass_sglang.bench.doctor import NEAR_TIE_NATS, Parting, parting
+
+    half = NEAR_TIE_NATS / 2
+    # (token, logprob, top-2): at an exact tie SGLang may list plain's own token second (seen in bf16)
+    plain = [('"', -2.6, [("As", -2.6), ('"', -2.6)]), ("sky", -0.5, [("sky", -0.5), ("sea", -0.5 - half)]),
+             (" is", -0.2, [(" is", -0.2), (" was", -2.0)])]
+    assert parting(plain, '"sky is') is None
+    assert parting(plain, "As it").near_tie and parting(plain, "As it") == Parting(0, 0.0, True)
+    tie = parting(plain, '"sea was')
+    assert tie == Parting(1, half, True) and tie.near_tie
+    wide = parting(plain, '"sky was')  # the best alternative, but plain was sure (gap 1.8)
+    assert wide.token == 2 and wide.took_runner_up and not wide.near_tie
+    other = parting(plain, '"sun is')  # neither of plain's top two
+    assert other.token == 1 and not other.took_runner_up and not other.near_tie
+    longer = parting(plain, '"sky is blue')
+    assert longer.token == 3 and not longer.near_tie
+
+
+@pytest.mark.slow
 def test_doctor_serves_plain_hass_and_mtp_in_bf16_and_passes(tmp_path):
     out = tmp_path / "doctor.json"
     r = subprocess.run([sys.executable, "-m", "hass_sglang.cli", "doctor", "--per-set", "1", "--max-tokens", "24",
@@ -27,6 +46,8 @@ def test_doctor_serves_plain_hass_and_mtp_in_bf16_and_passes(tmp_path):
     for name, s in servers.items():
         assert s["error"] is None and s["server_info"]["dtype"] == "bfloat16" and len(s["texts"]) == 6, name
     assert servers["plain"]["server_info"]["speculative_algorithm"] in (None, "NONE")
+    # plain's answers carry the logprobs that tell a bf16 near-tie from a wrong token
+    assert len(servers["plain"]["logprobs"]) == 6 and all(servers["plain"]["logprobs"])
     for name in ("hass", "mtp"):
         info = servers[name]["server_info"]
         assert info["speculative_algorithm"] == "EAGLE" and servers[name]["accept_length"] > 1.05

@@ -606,6 +606,19 @@ def test_prompt_token_ids_outside_the_vocabulary_are_named():
     assert token_ids_error(array("q", [4, -7, 200]), 100).startswith("prompt token id -7 at position 1")
 
 
+def test_an_empty_prompt_is_refused_but_embeddings_and_one_token_pass():
+    """SGLang 0.5.23 refuses a lone empty prompt but not one inside a batch (a 0-token forward kills
+    the scheduler: tests/test_serving_fuzz.py found it); the hook refuses every empty one."""
+    from array import array
+
+    from hass_sglang.serving.request_checks import empty_prompt_error
+
+    assert "Prompt cannot be empty" in empty_prompt_error(array("q"))
+    assert empty_prompt_error([]) is not None
+    assert empty_prompt_error(array("q", [7])) is None and empty_prompt_error(None) is None
+    assert empty_prompt_error(array("q"), input_embeds=[[0.1, 0.2]]) is None  # embeddings are the prompt
+
+
 def test_client_error_messages_drop_server_paths_and_tracebacks():
     """FastAPI's validation text carries the endpoint's file and line; a traceback its frames."""
     from sglang.srt.entrypoints.openai.protocol import ErrorResponse

@@ -57,6 +57,8 @@ class Answer:
     finish_reason: str | None
     verify_ct: int | None = None  # SGLang's spec_verify_ct (None without speculation)
     reported_accept_length: float | None = None  # SGLang's spec_accept_length, as reported
+    # per output token (token text, logprob, [(alternative text, logprob), ...]) when asked for
+    logprobs: list | None = None
 
     @property
     def accept_length(self) -> float | None:
@@ -81,10 +83,17 @@ def make_client(endpoint: Endpoint, settings: RequestSettings):
                               max_retries=settings.retries)
 
 
-async def chat_once(client, messages: list[dict], temperature: float, settings: RequestSettings) -> Answer:
-    """One chat completion; streaming measures the time to the first content token."""
+async def chat_once(client, messages: list[dict], temperature: float, settings: RequestSettings,
+                    top_logprobs: int | None = None) -> Answer:
+    """One chat completion; streaming measures the time to the first content token. `top_logprobs`
+    (non-streaming): each output token's logprob and that many alternatives come back too."""
     args = dict(model=settings.model, messages=messages, max_tokens=settings.max_tokens, temperature=temperature,
                 extra_body={"return_spec_tokens_details": True})
+    if top_logprobs is not None:
+        if settings.stream:
+            raise HassError("top_logprobs is only collected from non-streaming requests")
+        args.update(logprobs=True, top_logprobs=top_logprobs)
+    logprobs = None
     t_start, t0 = time.time(), time.perf_counter()
     ttft, details, usage, finish, parts = None, None, None, None, []
     if settings.stream:
@@ -103,13 +112,16 @@ async def chat_once(client, messages: list[dict], temperature: float, settings: 
         details, usage = _spec_details(resp), resp.usage
         parts.append(resp.choices[0].message.content or "")
         finish = resp.choices[0].finish_reason
+        if top_logprobs is not None and resp.choices[0].logprobs is not None:
+            logprobs = [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs or []])
+                        for t in resp.choices[0].logprobs.content or []]
     latency = time.perf_counter() - t0
     if usage is None:
         raise HassError("the endpoint returned no token usage (stream_options.include_usage unsupported?)")
     verify = int(details["spec_verify_ct"]) if details and details.get("spec_verify_ct") else None
     return Answer(text="".join(parts), output_tokens=int(usage.completion_tokens), latency_s=latency, ttft_s=ttft,
                   t_start=t_start, t_end=t_start + latency, finish_reason=finish, verify_ct=verify,
-                  reported_accept_length=details.get("spec_accept_length") if verify else None)
+                  reported_accept_length=details.get("spec_accept_length") if verify else None, logprobs=logprobs)
 
 
 async def check_endpoint(endpoint: Endpoint, settings: RequestSettings) -> list[str]:

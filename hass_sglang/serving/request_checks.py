@@ -24,7 +24,10 @@ behaviour). docs/serving.md has the table.
 
 Prompt token ids (every server, same hook): an id outside [0, vocab_size) reaches SGLang 0.5.23's
 embedding lookup and kills the scheduler with every request in it (found by
-tests/test_serving_fuzz.py); it gets a 400 naming the id and its position instead.
+tests/test_serving_fuzz.py); it gets a 400 naming the id and its position instead. An empty prompt
+inside a batch (`"prompt": ["", "Y"]`; SGLang refuses only a lone empty one) reaches the scheduler
+as a 0-token extend and kills it the same way (on HASS servers always, on plain ones with `n` > 1;
+found by the same fuzzer): it gets SGLang's own "Prompt cannot be empty" 400.
 
 Error bodies: FastAPI's RequestValidationError text (what SGLang 0.5.23 puts in its 400 bodies for
 the OpenAI routes) carries the endpoint's source location, `File "<server path>", line N, in ...`.
@@ -144,12 +147,20 @@ def token_ids_error(input_ids, vocab_size: int) -> str | None:
             f"[0, {vocab_size})")
 
 
+def empty_prompt_error(input_ids, input_embeds=None) -> str | None:
+    """None unless the prompt has no token at all (pure)."""
+    if input_ids is None or len(input_ids) > 0 or input_embeds is not None:
+        return None
+    return "Prompt cannot be empty (every prompt of a batch needs at least one token)"
+
+
 def around_create_tokenized_object(original, self, *args, **kwargs):
     tokenized = original(self, *args, **kwargs)
-    # Every server: an id outside the embedding kills SGLang 0.5.23's scheduler (IndexError in the
-    # forward) and with it every request; refusing it changes no valid request.
-    message = token_ids_error(getattr(tokenized, "input_ids", None),
-                              getattr(getattr(self, "model_config", None), "vocab_size", 0))
+    # Every server: an id outside the embedding, or no token at all, kills SGLang 0.5.23's scheduler
+    # (IndexError / a 0-token forward) and with it every request; refusing them changes no valid request.
+    input_ids = getattr(tokenized, "input_ids", None)
+    message = empty_prompt_error(input_ids, getattr(tokenized, "input_embeds", None)) or \
+        token_ids_error(input_ids, getattr(getattr(self, "model_config", None), "vocab_size", 0))
     if message:
         raise ValueError(message)
     sp = getattr(tokenized, "sampling_params", None)
