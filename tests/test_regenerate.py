@@ -61,3 +61,24 @@ def test_answers_are_the_targets_greedy_output_and_resume(tmp_path, target, data
     write_json_atomic(first, rows[::-1])
     with pytest.raises(DataError, match="part-00000.json.gz holds other conversations"):
         regen.regenerate(target, cfg(data), out, progress=False)
+
+
+def test_a_stopped_endpoint_run_does_not_wait_for_the_answers_in_flight():
+    """A failure or a kill (the consumer stops) cancels what has not started and returns at once:
+    the answers in flight can take a whole generation each; they end when the server is stopped."""
+    import time
+
+    from support.bench_stub_server import StubServer
+
+    msgs = [{"role": "user", "content": "hi"}]
+    pending = [(b, [(f"c{b}{i}", msgs, [1, 2]) for i in range(2)]) for b in range(3)]
+    with StubServer(tokens=3, delay_s=4.0) as stub:
+        endpoint = regen.Endpoint(stub.url, tokenizer=None, concurrency=2, retries=0)
+        answers = regen._endpoint_answers(endpoint, pending, regen.RegenerateConfig(data=["x"], max_new_tokens=3))
+        b, first = next(answers)  # batch 0 answered; batch 1's two requests are now in flight (4 s each)
+        assert b == 0 and [a["tokens"] for a in first] == [3, 3]
+        t0 = time.perf_counter()
+        answers.close()  # what a kill or a failed write does to the generator
+        assert time.perf_counter() - t0 < 2.0
+        time.sleep(0.5)
+        assert len(stub.chat_requests()) == 4  # batch 2 was never sent

@@ -153,17 +153,19 @@ def _target_answers(target, pending, cfg: RegenerateConfig) -> Iterator[tuple[in
 
 def _endpoint_answers(endpoint: Endpoint, pending, cfg: RegenerateConfig) -> Iterator[tuple[int, list[dict]]]:
     """Every pending conversation in flight through one pool; a batch is yielded when its answers are all in."""
-    with ThreadPoolExecutor(endpoint.concurrency) as pool:
-        futures = [(b, [pool.submit(endpoint.answer, msgs, cfg.max_new_tokens, cfg.temperature,
-                                    cfg.seed * 100003 + b * 1000 + i)
-                        for i, (_, msgs, _) in enumerate(batch)]) for b, batch in pending]
-        try:
-            for b, fs in futures:
-                yield b, [f.result() for f in fs]
-        finally:
-            for _, fs in futures:  # a failure or a kill: drop what has not started
-                for f in fs:
-                    f.cancel()
+    pool = ThreadPoolExecutor(endpoint.concurrency)
+    futures = [(b, [pool.submit(endpoint.answer, msgs, cfg.max_new_tokens, cfg.temperature,
+                                cfg.seed * 100003 + b * 1000 + i)
+                    for i, (_, msgs, _) in enumerate(batch)]) for b, batch in pending]
+    finished = False
+    try:
+        for b, fs in futures:
+            yield b, [f.result() for f in fs]
+        finished = True
+    finally:
+        # A failure or a kill: drop what has not started and do not wait for the requests in flight
+        # (up to a whole answer each); they end when the caller stops the server.
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def regenerate(source, cfg: RegenerateConfig, out: str | Path, progress: bool = True) -> RegenerationReport:
