@@ -28,6 +28,15 @@ def test_an_answer_is_explained_only_where_it_takes_plains_best_alternative_at_a
     assert other.token == 1 and not other.took_runner_up and not other.near_tie
     longer = parting(plain, '"sky is blue')
     assert longer.token == 3 and not longer.near_tie
+    # plain ended its turn (the end-of-turn token is in the logprobs, not in the text)
+    ended = plain + [("<|im_end|>", -0.3, [("<|im_end|>", -0.3), (" today", -0.3 - half)])]
+    assert parting(ended, '"sky is') is None
+    assert parting(ended, '"sky is today').near_tie
+    assert not parting(ended, '"sky is blue').took_runner_up
+    stopped = [("A", -0.1, [("A", -0.1), ("B", -3.0)]), (" b", -0.4, [(" b", -0.4), ("", -0.4 - half)])]
+    assert parting(stopped, "A").near_tie  # the answer ended where plain's runner-up was the end of turn
+    html = [("<div>", -0.1, [("<div>", -0.1), ("<p>", -0.2)])]  # markup is text, not an end of turn
+    assert parting(html, "<div>") is None and parting(html, "<p>").near_tie
 
 
 @pytest.mark.slow

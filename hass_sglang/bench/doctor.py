@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -78,19 +79,27 @@ class Parting:
         return self.took_runner_up and self.gap <= NEAR_TIE_NATS
 
 
+_END_TOKEN = re.compile(r"<[|\uff5c].*[|\uff5c]>|</s>|<eos>|<end_of_turn>")  # <|im_end|>, DeepSeek's <｜...｜>
+
+
+def _unseen(token: str) -> bool:
+    """A token the answer text does not show: the end of turn / EOS, however SGLang displays it."""
+    return token == "" or _END_TOKEN.fullmatch(token) is not None
+
+
 def parting(plain_logprobs: list, text: str) -> Parting | None:
-    """None when `text` is plain's answer (pure); else where it leaves plain's tokens. Token texts that
-    do not join to a prefix of `text` at the parting token (a split multi-byte character) give gap inf."""
+    """None when `text` is plain's answer (pure); else where it leaves plain's tokens: the first token
+    `text` does not continue with (or where `text` ends while plain's token is visible)."""
     prefix = ""
     for i, (token, logprob, top) in enumerate(plain_logprobs):
-        if text.startswith(prefix + token):
-            prefix += token
+        if (_unseen(token) and text == prefix) or (not _unseen(token) and text.startswith(prefix + token)):
+            prefix += "" if _unseen(token) else token
             continue
         alternatives = [(t, lp) for t, lp in top if t != token]
         if not alternatives:
             return Parting(i, float("inf"), False)
         runner_up, runner_up_logprob = alternatives[0]
-        took = bool(runner_up) and text.startswith(prefix + runner_up)
+        took = text == prefix if _unseen(runner_up) else text.startswith(prefix + runner_up)
         return Parting(i, abs(logprob - runner_up_logprob), took)
     return None if text == prefix else Parting(len(plain_logprobs), float("inf"), False)
 
@@ -154,8 +163,8 @@ def partings(check: ServerCheck, plain: ServerCheck) -> dict[int, Parting | None
     for i, (text, plain_text) in enumerate(zip(check.texts, plain.texts)):
         if text != plain_text:
             logprobs = plain.logprobs[i] if i < len(plain.logprobs) else []
-            out[i] = parting(logprobs, text) if "".join(t for t, _, _ in logprobs) == plain_text else \
-                Parting(0, float("inf"), False)
+            shown = "".join(t for t, _, _ in logprobs if not _unseen(t))
+            out[i] = parting(logprobs, text) if shown == plain_text else Parting(0, float("inf"), False)
     return out
 
 
