@@ -158,7 +158,7 @@ def check_server(method: str, spec, questions: list[str], max_tokens: int, log: 
 
 
 def partings(check: ServerCheck, plain: ServerCheck) -> dict[int, Parting | None]:
-    """Per differing T=0 answer, where it leaves plain's (None: no top-2 logprobs to tell)."""
+    """Per differing T=0 answer, where it leaves plain's (gap inf when plain's logprobs do not spell its text)."""
     out = {}
     for i, (text, plain_text) in enumerate(zip(check.texts, plain.texts)):
         if text != plain_text:
