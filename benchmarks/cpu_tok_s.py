@@ -1,9 +1,9 @@
 """Decode speed of SGLang on this CPU: plain decoding vs HASS with several trees, T=0 and T=1, side by side.
 
     .venv/bin/python benchmarks/cpu_tok_s.py [--draft DIR|NAME|random] [--trees "3 2 6" "2 1 3" ...]
-        [--per-set 1 --max-tokens 48 --temperatures 0 1 --threads 1]
+        [--per-set 1 --max-tokens 48 --temperatures 0 1 --threads 1 --dtypes float32 bfloat16]
 
-One server at a time (fp32, --max-total-tokens 16384); each server answers the same chat requests
+One server at a time (--dtype from --dtypes, fp32 by default; --max-total-tokens 16384); each server answers the same chat requests
 (`--per-set` questions of each eagle_eval set, batch 1) at every temperature after one warm-up
 request. Prints one JSON line per (server, temperature) and a Markdown table with tok/s, speedup
 over plain decoding measured in the same run, and SGLang's accept length (completion tokens per
@@ -32,10 +32,11 @@ def _generate(url, ids, max_tokens, temperature):
         return json.load(r)
 
 
-def measure(model, draft, tree, prompts, max_tokens, temperatures, threads):
+def measure(model, draft, tree, prompts, max_tokens, temperatures, threads, dtype="float32"):
     os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
     rows = []
-    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None)
+    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None,
+                      dtype=dtype)
     with running_server(spec) as url:
         _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
         for temp in temperatures:
@@ -48,18 +49,19 @@ def measure(model, draft, tree, prompts, max_tokens, temperatures, threads):
                 verify += out["meta_info"].get("spec_verify_ct", 0) or 0
                 texts.append(out["text"])
             rows.append({"server": "plain" if draft is None else f"hass {tree}", "temperature": temp,
-                         "threads": threads, "tok_s": round(toks / secs, 2), "tokens": toks, "seconds": round(secs, 1),
+                         "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2), "tokens": toks, "seconds": round(secs, 1),
                          "accept_length": round(toks / verify, 3) if verify else None, "texts": texts})
     return rows
 
 
 def table(rows) -> str:
-    plain = {(r["temperature"], r["threads"]): r["tok_s"] for r in rows if r["server"] == "plain"}
-    lines = ["| server | T | threads | tok/s | speedup vs plain | accept length |", "|---|---|---|---|---|---|"]
+    plain = {(r["temperature"], r["threads"], r["dtype"]): r["tok_s"] for r in rows if r["server"] == "plain"}
+    lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = plain.get((r["temperature"], r["threads"]))
+        base = plain.get((r["temperature"], r["threads"], r["dtype"]))
         speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['server']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | {speed} | "
+        lines.append(f"| {r['server']} | {r['dtype']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | {speed} | "
                      f"{r['accept_length'] or '-'} |")
     return "\n".join(lines)
 
@@ -73,6 +75,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP threads per server (each value: all servers)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], help="--dtype of every server (each value: all servers)")
     ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
     target = load_target()
@@ -80,14 +83,15 @@ def main():
     draft = str(resolve_draft(a.draft).folder(target.config))
     prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
     rows = []
-    for threads in a.threads:
+    for dtype, threads in [(d, t) for d in a.dtypes for t in a.threads]:
         servers = ([] if a.skip_plain else [(None, None)]) + [(draft, t) for t in a.trees]
         for d, tree in servers:
-            for r in measure(model, d, tree, prompts, a.max_tokens, a.temperatures, threads):
+            for r in measure(model, d, tree, prompts, a.max_tokens, a.temperatures, threads, dtype):
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "texts"}), flush=True)
-    plain_t0 = next((r["texts"] for r in rows if r["server"] == "plain" and r["temperature"] == 0), None)
-    same = {r["server"]: r["texts"] == plain_t0 for r in rows if r["temperature"] == 0 and plain_t0 is not None}
+    plain_t0 = {(r["dtype"], r["threads"]): r["texts"] for r in rows if r["server"] == "plain" and r["temperature"] == 0}
+    same = {f"{r['server']} {r['dtype']} {r['threads']}": r["texts"] == plain_t0[(r["dtype"], r["threads"])]
+            for r in rows if r["temperature"] == 0 and (r["dtype"], r["threads"]) in plain_t0}
     print(f"\ndraft {draft}; {len(prompts)} prompts x {a.max_tokens} tokens; T=0 texts equal to plain: {same}\n")
     print(table(rows))
 

@@ -266,15 +266,23 @@ def test_tree_links_follow_sibling_order():
 # ------------------------------------------------------------------ attention
 
 
-def _ref_attn(q, keys, vals, scaling):
+def _ref_attn(q, keys, vals, scaling, cap=0.0):
     """q [H, D], keys/vals [L, Hkv, D] -> [H, D] (float64 loop over heads)."""
     h, hkv = q.shape[0], keys.shape[1]
     out = torch.zeros(h, vals.shape[-1], dtype=torch.float64)
     for i in range(h):
         kv = i // (h // hkv)
         s = (keys[:, kv].double() @ q[i].double()) * scaling
+        if cap:
+            s = cap * torch.tanh(s / cap)
         out[i] = torch.softmax(s, 0) @ vals[:, kv].double()
     return out
+
+
+# The dtypes servers run: fp32 (exact to rounding) and bf16 (the GPU dtype and the CPU default on
+# bf16 hosts: pool, q and output in bf16, so compared at bf16 precision), and logit soft-capping
+# (the einsum path).
+ATTN_CASES = [(torch.float32, 0.0, 1e-5), (torch.bfloat16, 0.0, 3e-2), (torch.float32, 2.0, 1e-5)]
 
 
 def _kv_setup(g, seq_lens, hkv=2, d=8, pool=200):
@@ -284,37 +292,41 @@ def _kv_setup(g, seq_lens, hkv=2, d=8, pool=200):
     return kb, vb, r2t
 
 
-def test_decode_attention(g):
+@pytest.mark.parametrize("dtype,cap,tol", ATTN_CASES)
+def test_decode_attention(g, dtype, cap, tol):
     seq = torch.tensor([5, 17, 1])
     kb, vb, r2t = _kv_setup(g, seq)
+    kb, vb = kb.to(dtype), vb.to(dtype)
     rpi = torch.tensor([2, 0, 3])
     h, d = 6, 8
-    q = torch.randn(3, h, d, generator=g)
-    knew, vnew = torch.randn(3, 2, d, generator=g), torch.randn(3, 2, d, generator=g)
+    q = torch.randn(3, h, d, generator=g).to(dtype)
+    knew, vnew = torch.randn(3, 2, d, generator=g).to(dtype), torch.randn(3, 2, d, generator=g).to(dtype)
     loc = torch.stack([r2t[rpi[i], seq[i] - 1] for i in range(3)]).long()
-    o = torch.empty(3, h, d)
-    K.decode_attention_cpu(q, kb, vb, 1.0, 1.0, o, knew, vnew, loc, torch.zeros(1), r2t, rpi, seq, 0.3, 0.0, False, 0,
+    o = torch.empty(3, h, d, dtype=dtype)
+    K.decode_attention_cpu(q, kb, vb, 1.0, 1.0, o, knew, vnew, loc, torch.zeros(1), r2t, rpi, seq, 0.3, cap, False, 0,
                            None, None)
     for i in range(3):
         assert torch.equal(kb[loc[i]], knew[i])
         idx = r2t[rpi[i], : seq[i]].long()
-        torch.testing.assert_close(o[i].double(), _ref_attn(q[i], kb[idx], vb[idx], 0.3), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(o[i].double(), _ref_attn(q[i], kb[idx], vb[idx], 0.3, cap), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,cap,tol", ATTN_CASES)
 @pytest.mark.parametrize("tree", [False, True])
-def test_extend_attention(g, tree):
+def test_extend_attention(g, tree, dtype, cap, tol):
     ext = torch.tensor([3, 3]) if tree else torch.tensor([4, 1])
     seq = torch.tensor([9, 5]) if tree else torch.tensor([4, 12])
     kb, vb, r2t = _kv_setup(g, seq)
+    kb, vb = kb.to(dtype), vb.to(dtype)
     rpi = torch.tensor([1, 3])
     h, d, T = 4, 8, int(ext.sum())
     starts = torch.cumsum(ext, 0) - ext
-    q = torch.randn(T, h, d, generator=g)
+    q = torch.randn(T, h, d, generator=g).to(dtype)
     knew = torch.stack([kb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
     vnew = torch.stack([vb[r2t[rpi[b], seq[b] - ext[b] + t]] for b in range(2) for t in range(int(ext[b]))])
     tm = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool).repeat(2, 1, 1)  # node 2 skips node 1
-    o = torch.empty(T, h, d)
-    K.extend_attention_cpu(q, knew, vnew, o, kb, vb, 1.0, 1.0, r2t, rpi, seq, ext, starts, int(ext.max()), 0.25, 0.0,
+    o = torch.empty(T, h, d, dtype=dtype)
+    K.extend_attention_cpu(q, knew, vnew, o, kb, vb, 1.0, 1.0, r2t, rpi, seq, ext, starts, int(ext.max()), 0.25, cap,
                            False, 0, None, None, tm.reshape(-1) if tree else None, True)
     for b in range(2):
         prefix = int(seq[b] - ext[b])
@@ -322,7 +334,23 @@ def test_extend_attention(g, tree):
             cols = list(range(prefix)) + [prefix + c for c in range(int(ext[b])) if (tm[b, t, c] if tree else c <= t)]
             idx = r2t[rpi[b], cols].long()
             row = int(starts[b]) + t
-            torch.testing.assert_close(o[row].double(), _ref_attn(q[row], kb[idx], vb[idx], 0.25), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(o[row].double(), _ref_attn(q[row], kb[idx], vb[idx], 0.25, cap), atol=tol, rtol=tol)
+
+
+def test_extend_layout_is_reused_within_a_pass_and_never_across_different_inputs(g):
+    """The per-pass layout cache: same inputs (new tensor objects, as SGLang passes per layer) hit;
+    a different tree in tensors of the same shape (the next verify) recomputes."""
+    from hass_sglang.serving.cpu import attention as A
+
+    seq, ext, starts = torch.tensor([9]), torch.tensor([3]), torch.tensor([0])
+    chain = torch.tril(torch.ones(3, 3, dtype=torch.bool)).reshape(-1)
+    fork = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool).reshape(-1)
+    first = A.cached_extend_layout(seq, ext, starts, chain, True)
+    assert A.cached_extend_layout(seq.clone(), ext.clone(), starts.clone(), chain.clone(), True) is first
+    chain[:] = fork  # in place: a stale cache keyed on identity would miss this
+    other = A.cached_extend_layout(seq, ext, starts, chain, True)
+    assert other is not first and torch.equal(other.visible, A.extend_layout(seq, ext, starts, fork, True).visible)
+    assert not torch.equal(other.visible, first.visible)
 
 
 # ------------------------------------------------------------------ T>0 verification hook
