@@ -14,56 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
-import urllib.request
 
+from hass_sglang.bench.calibrate import measure_server, speed_table
 from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.serving.server import ServerSpec, running_server
 from hass_sglang.target import load_target
-from hass_sglang.tree import CPU_TREE, TreeShape
-
-
-def _generate(url, ids, max_tokens, temperature):
-    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": max_tokens, "temperature": temperature}}
-    req = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=900) as r:
-        return json.load(r)
-
-
-def measure(model, draft, tree, prompts, max_tokens, temperatures, threads, dtype="float32"):
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
-    rows = []
-    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None,
-                      dtype=dtype)
-    with running_server(spec) as url:
-        _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
-        for temp in temperatures:
-            toks, secs, verify, texts = 0, 0.0, 0, []
-            for ids in prompts:
-                t = time.perf_counter()
-                out = _generate(url, ids, max_tokens, temp)
-                secs += time.perf_counter() - t
-                toks += out["meta_info"]["completion_tokens"]
-                verify += out["meta_info"].get("spec_verify_ct", 0) or 0
-                texts.append(out["text"])
-            rows.append({"server": "plain" if draft is None else f"hass {tree}", "temperature": temp,
-                         "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2), "tokens": toks, "seconds": round(secs, 1),
-                         "accept_length": round(toks / verify, 3) if verify else None, "texts": texts})
-    return rows
-
-
-def table(rows) -> str:
-    plain = {(r["temperature"], r["threads"], r["dtype"]): r["tok_s"] for r in rows if r["server"] == "plain"}
-    lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        base = plain.get((r["temperature"], r["threads"], r["dtype"]))
-        speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['server']} | {r['dtype']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | {speed} | "
-                     f"{r['accept_length'] or '-'} |")
-    return "\n".join(lines)
+from hass_sglang.tree import CPU_TREE
 
 
 def main():
@@ -86,14 +42,14 @@ def main():
     for dtype, threads in [(d, t) for d in a.dtypes for t in a.threads]:
         servers = ([] if a.skip_plain else [(None, None)]) + [(draft, t) for t in a.trees]
         for d, tree in servers:
-            for r in measure(model, d, tree, prompts, a.max_tokens, a.temperatures, threads, dtype):
+            for r in measure_server(model, d, tree, prompts, a.max_tokens, a.temperatures, threads, dtype):
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "texts"}), flush=True)
     plain_t0 = {(r["dtype"], r["threads"]): r["texts"] for r in rows if r["server"] == "plain" and r["temperature"] == 0}
     same = {f"{r['server']} {r['dtype']} {r['threads']}": r["texts"] == plain_t0[(r["dtype"], r["threads"])]
             for r in rows if r["temperature"] == 0 and (r["dtype"], r["threads"]) in plain_t0}
     print(f"\ndraft {draft}; {len(prompts)} prompts x {a.max_tokens} tokens; T=0 texts equal to plain: {same}\n")
-    print(table(rows))
+    print(speed_table(rows))
 
 
 if __name__ == "__main__":

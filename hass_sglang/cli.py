@@ -3,6 +3,7 @@
   hass serve         `python -m sglang.launch_server --speculative-algorithm HASS` on the embedded
                      default (or any target/draft); `--ask` answers one chat request and stops (main job)
   hass bench         serving benchmarks against SGLang / OpenAI endpoints (= python -m hass_sglang.bench)
+  hass calibrate     serve plain and HASS with candidate trees on this CPU; `hass serve` uses the fastest
   hass doctor        does HASS serve on this host (GPU or CPU)? contract + plain/HASS/MTP servers, one table
   hass generate      reference decoder: vanilla vs speculative decoding on the eval sets (tokens/s, tau)
   hass check-draft   validate a draft folder against a target
@@ -47,6 +48,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _cpu_serve_settings(args, model: str, draft: str | None):
+    """dtype and tree of a CPU server: as given, else the host's calibration (`hass calibrate`) for
+    this target, draft, dtype and thread count, else bf16 on AMX hosts / fp32 and the CPU tree."""
+    from hass_sglang.bench.calibrate import default_cpu_dtype, load_calibration
+    from hass_sglang.tree import CPU_TREE, TreeShape
+
+    dtype = args.dtype or default_cpu_dtype()
+    if args.tree or draft is None:
+        return dtype, TreeShape.parse(args.tree) if args.tree else None, None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    cal = load_calibration(model, draft, dtype, threads)
+    if cal is None:
+        return dtype, CPU_TREE, f"tree {CPU_TREE.spec} (the CPU default; `hass calibrate` measures the best on this host)"
+    return dtype, TreeShape.parse(cal.tree), (f"tree {cal.tree} (calibrated on this host {cal.measured_at}: "
+                                             f"{cal.speedup:.2f}x plain over {cal.prompts} prompts)")
+
+
 def cmd_serve(args) -> int:
     import shlex
 
@@ -66,24 +84,68 @@ def cmd_serve(args) -> int:
             raise HassError("no draft: pass --draft <folder> (or --vanilla to serve without speculation)")
         draft = str(choice.path)
     extra = args.sglang_args[1:] if args.sglang_args[:1] == ["--"] else args.sglang_args
-    spec = ServerSpec(model=model, draft=draft, device="cuda" if torch.cuda.is_available() else "cpu",
-                      host=args.host, port=args.port, tree=TreeShape.parse(args.tree) if args.tree else None,
-                      extra=tuple(extra)).with_port()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        dtype, tree, why = args.dtype, TreeShape.parse(args.tree) if args.tree else None, None
+    else:
+        dtype, tree, why = _cpu_serve_settings(args, model, draft)
+    spec = ServerSpec(model=model, draft=draft, device="cuda" if cuda else "cpu", host=args.host, port=args.port,
+                      tree=tree, dtype=dtype, extra=tuple(extra)).with_port()
+    if why:
+        print(f"[serve] {why}", flush=True)
     print("+", *filter(None, [spec.env_prefix(), shlex.join(spec.argv())]), flush=True)
     if args.ask is None:  # a plain server in the foreground
         os.execvpe(spec.argv()[0], spec.argv(), spec.env())
+    import dataclasses
     import tempfile
 
-    log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{spec.port}.log")
-    print(f"server log: {log}", flush=True)
-    with running_server(spec, log_path=log, timeout_s=args.timeout) as url:
-        answer = ask(url, args.ask, args.max_tokens, args.temperature, args.timeout)
+    def answer_of(s: ServerSpec):
+        log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{s.port}.log")
+        print(f"server log: {log}", flush=True)
+        with running_server(s, log_path=log, timeout_s=args.timeout) as url:
+            return ask(url, args.ask, args.max_tokens, args.temperature, args.timeout)
+
+    answer = answer_of(spec)
     print(f"\nuser: {args.ask}\nassistant: {answer.text}\n")
     line = (f"{answer.output_tokens} tokens in {answer.latency_s:.2f} s "
-            f"({answer.output_tokens / answer.latency_s:.1f} tok/s, one request after a warm-up)")
+            f"({answer.tok_s:.1f} tok/s, one request after a warm-up)")
     if answer.verify_ct:
         line += f"; accept length {answer.reported_accept_length:.2f} over {answer.verify_ct} verify steps"
-    print(line)
+    print(line, flush=True)
+    if draft is not None and args.compare:
+        # The same question to the same model without speculation, same dtype, in this invocation.
+        plain = dataclasses.replace(spec, draft=None, tree=None, port=0).with_port()
+        print(f"\n[serve] the same request without speculation (--vanilla) for the speedup:\n+ "
+              f"{' '.join(filter(None, [plain.env_prefix(), shlex.join(plain.argv())]))}", flush=True)
+        base = answer_of(plain)
+        print(f"vanilla: {base.output_tokens} tokens in {base.latency_s:.2f} s ({base.tok_s:.1f} tok/s)")
+        print(f"speedup vs --vanilla (same question, dtype and host, measured here): {answer.tok_s / base.tok_s:.2f}x")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from hass_sglang.bench.calibrate import CPU_CANDIDATES, calibrate, save_calibration, speed_table
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.eval_sets import EVAL_SETS, load_questions
+    from hass_sglang.target import load_target, resolve_target
+
+    import torch
+
+    if torch.cuda.is_available():
+        raise HassError("calibrate: measures CPU servers; on GPUs SGLang's own defaults (6 10 60) apply")
+    choice = resolve_draft(args.draft or "auto")
+    if choice.kind != "folder":
+        raise HassError("calibrate: pass --draft <folder> or a shipped draft name")
+    model = str(resolve_target(args.target))
+    target = load_target(args.target)
+    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=args.per_set)]
+    cal, rows = calibrate(model, str(choice.path), prompts, trees=args.trees or CPU_CANDIDATES, dtype=args.dtype,
+                          threads=args.threads, max_tokens=args.max_tokens)
+    print("\n" + speed_table(rows) + "\n")
+    print(f"best: tree {cal.tree}, {cal.dtype}, {cal.threads} thread(s): {cal.hass_tok_s:.2f} tok/s = "
+          f"{cal.speedup:.2f}x plain ({cal.plain_tok_s:.2f} tok/s), accept length {cal.accept_length}; {cal.cpu}")
+    if args.save:
+        print(f"saved for `hass serve` on this host: {save_calibration(model, str(choice.path), cal)}")
     return 0
 
 
@@ -328,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--temperature", type=float, default=0.0)
     sv.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server / the answer")
     sv.add_argument("--log", help="server log file with --ask (default: a file in the temp folder)")
+    sv.add_argument("--dtype", help="--dtype of the server (default on CPU: bfloat16 with AMX, else float32; GPU: auto)")
+    sv.add_argument("--no-compare", dest="compare", action="store_false",
+                    help="with --ask: skip the second, vanilla server that measures the speedup")
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
     sv.set_defaults(func=cmd_serve)
 
@@ -343,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="one user message instead of the eval sets")
     add_tree_args(g, PAPER_TREE)
     g.set_defaults(func=cmd_generate)
+
+    cb = sub.add_parser("calibrate", help="serve plain and HASS with candidate trees on this CPU; `hass serve` uses the fastest")
+    cb.add_argument("--target", default=EMBEDDED_TARGET)
+    cb.add_argument("--draft", help="a draft folder or shipped draft name (default: the shipped HASS draft)")
+    cb.add_argument("--trees", nargs="+", help="candidate 'steps topk draft_tokens' (default: "
+                    "hass_sglang.bench.calibrate.CPU_CANDIDATES)")
+    cb.add_argument("--dtype", default=None, help="default: bfloat16 on AMX hosts, else float32")
+    cb.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the servers (hass serve's default: 1)")
+    cb.add_argument("--per-set", type=int, default=1, help="questions per eval set")
+    cb.add_argument("--max-tokens", type=int, default=48)
+    cb.add_argument("--no-save", dest="save", action="store_false", help="measure and print only")
+    cb.set_defaults(func=cmd_calibrate)
 
     dr = sub.add_parser("doctor", help="does HASS serve on this host? contract, plain/HASS/MTP servers, one table")
     dr.add_argument("--target", default=EMBEDDED_TARGET)

@@ -73,6 +73,11 @@ def test_readme_main_command_serves_hass_through_sglang_and_answers_a_chat_reque
     assert "smollm2-135m-hass-eagle" in r.stdout
     assert "Paris" in r.stdout.split("assistant:", 1)[1]
     assert "accept length" in r.stdout
+    # the speedup against a vanilla server of the same dtype, measured in the same invocation
+    vanilla = r.stdout.split("without speculation (--vanilla)", 1)[1]
+    assert "-m sglang.launch_server" in vanilla and "--speculative-algorithm" not in vanilla
+    speedup = float(vanilla.split("measured here): ", 1)[1].split("x", 1)[0])
+    assert speedup > 0
 
 
 def test_bench_is_a_subcommand_of_hass():

@@ -61,6 +61,10 @@ class Answer:
     logprobs: list | None = None
 
     @property
+    def tok_s(self) -> float:
+        return self.output_tokens / self.latency_s if self.latency_s > 0 else 0.0
+
+    @property
     def accept_length(self) -> float | None:
         """Completion tokens per verify step (SGLang's accept length), from the token counts."""
         if self.verify_ct:

@@ -1,0 +1,179 @@
+"""Tree and dtype chosen by measurement on this host (`hass calibrate`), used by `hass serve`.
+
+What pays on a CPU depends on the host (AMX makes a bf16 verify of 8 tokens cost about one decode
+step; without it fp32 is faster and trees cost more) and on the draft's acceptance. So instead of
+a cost model, the candidates are served and timed: one SGLang server at a time, plain decoding and
+HASS with each candidate tree, the same chat prompts at batch 1 and T=0 after a warm-up, tok/s side
+by side in one run. The fastest HASS setting is stored under a key naming the host (CPU model, its
+bf16 features, cores, OpenMP threads), the target, the draft (its config and weight files) and the
+dtype, in `~/.cache/hass_sglang/calibration.json` (`$HASS_CALIBRATION`); `hass serve` on the same
+host, target, draft and dtype serves with that tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hass_sglang.errors import HassError
+from hass_sglang.io import cache_dir, read_json, write_json_atomic
+from hass_sglang.tree import TreeShape
+
+# Candidate trees on CPUs: chains and narrow trees (a 60-token paper tree never pays on 2 cores).
+CPU_CANDIDATES = ("2 1 3", "3 1 4", "3 2 6", "4 1 5", "4 2 8", "5 2 10")
+
+
+def calibration_path() -> Path:
+    return Path(os.environ.get("HASS_CALIBRATION") or cache_dir() / "calibration.json")
+
+
+def cpu_features() -> dict:
+    """CPU model and the flags that decide bf16 speed, from /proc/cpuinfo (Linux; empty elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
+
+
+def default_cpu_dtype(features: dict | None = None) -> str:
+    """bf16 where the host multiplies bf16 in hardware tiles (AMX), fp32 elsewhere: measured on AVX-512
+    hosts without AMX, bf16 serving is slower than fp32 (docs/sglang-cpu.md)."""
+    return "bfloat16" if (features or cpu_features())["amx_bf16"] else "float32"
+
+
+def _fingerprint(folder: str | Path) -> str:
+    """Config text + names and sizes of the weight files: a retrained draft gets a new key."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.name == "config.json":
+            h.update(p.read_bytes())
+        elif p.suffix in (".safetensors", ".bin", ".pt"):
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def host_key(target: str | Path, draft: str | Path, dtype: str, threads: int) -> str:
+    f = cpu_features()
+    return json.dumps({**f, "cores": os.cpu_count(), "threads": threads, "dtype": dtype,
+                       "target": Path(target).name, "draft": f"{Path(draft).name}@{_fingerprint(draft)}"},
+                      sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    tree: str  # "steps topk draft_tokens"
+    dtype: str
+    threads: int
+    hass_tok_s: float
+    plain_tok_s: float
+    accept_length: float | None
+    prompts: int
+    max_tokens: int
+    measured_at: str
+    cpu: str
+
+    @property
+    def speedup(self) -> float:
+        return self.hass_tok_s / self.plain_tok_s
+
+
+def load_calibration(target, draft, dtype: str, threads: int, path: Path | None = None) -> Calibration | None:
+    path = path or calibration_path()
+    if not path.exists():
+        return None
+    entry = read_json(path).get(host_key(target, draft, dtype, threads))
+    return Calibration(**entry) if entry else None
+
+
+def save_calibration(target, draft, cal: Calibration, path: Path | None = None) -> Path:
+    path = path or calibration_path()
+    table = read_json(path) if path.exists() else {}
+    table[host_key(target, draft, cal.dtype, cal.threads)] = asdict(cal)
+    return write_json_atomic(path, table, indent=1)
+
+
+def _generate(url: str, ids: list[int], max_tokens: int, temperature: float) -> dict:
+    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": max_tokens, "temperature": temperature}}
+    req = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=900) as r:
+        return json.load(r)
+
+
+def measure_server(model: str, draft: str | None, tree: str | None, prompts: list[list[int]], max_tokens: int,
+                   temperatures=(0.0,), threads: int = 1, dtype: str = "float32", log_path=None) -> list[dict]:
+    """One CPU server (plain when draft is None), every prompt at every temperature, batch 1, after a
+    warm-up request: a row per temperature with tok/s, SGLang's accept length and the texts."""
+    from hass_sglang.serving.server import ServerSpec, running_server
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
+    rows = []
+    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None,
+                      dtype=dtype)
+    with running_server(spec, log_path=log_path) as url:
+        _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
+        for temp in temperatures:
+            toks, secs, verify, texts = 0, 0.0, 0, []
+            for ids in prompts:
+                t = time.perf_counter()
+                out = _generate(url, ids, max_tokens, temp)
+                secs += time.perf_counter() - t
+                toks += out["meta_info"]["completion_tokens"]
+                verify += out["meta_info"].get("spec_verify_ct", 0) or 0
+                texts.append(out["text"])
+            rows.append({"server": "plain" if draft is None else f"hass {tree}", "temperature": temp,
+                         "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2), "tokens": toks,
+                         "seconds": round(secs, 1), "accept_length": round(toks / verify, 3) if verify else None,
+                         "texts": texts})
+    return rows
+
+
+def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDIDATES, dtype: str | None = None,
+              threads: int = 1, max_tokens: int = 48, report=print) -> tuple[Calibration, list[dict]]:
+    """Serve plain decoding and HASS with every tree (one at a time), pick the fastest tree."""
+    if not prompts:
+        raise HassError("calibrate: no prompts")
+    if not trees:
+        raise HassError("calibrate: no candidate trees")
+    for tree in trees:
+        TreeShape.parse(tree)  # a bad tree fails before any server starts
+    dtype = dtype or default_cpu_dtype()
+    rows = []
+    for d, tree in [(None, None)] + [(draft, t) for t in trees]:
+        row = measure_server(model, d, tree, prompts, max_tokens, (0.0,), threads, dtype)[0]
+        report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
+        rows.append(row)
+    plain, hass = rows[0], rows[1:]
+    best = max(hass, key=lambda r: r["tok_s"])
+    cal = Calibration(tree=best["server"].removeprefix("hass "), dtype=dtype, threads=threads,
+                      hass_tok_s=best["tok_s"], plain_tok_s=plain["tok_s"], accept_length=best["accept_length"],
+                      prompts=len(prompts), max_tokens=max_tokens, measured_at=time.strftime("%Y-%m-%d %H:%M"),
+                      cpu=cpu_features()["cpu"])
+    return cal, rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    """Markdown: tok/s, speedup over the plain server of the same dtype, threads and temperature."""
+    plain = {(r["temperature"], r["threads"], r["dtype"]): r["tok_s"] for r in rows if r["server"] == "plain"}
+    lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = plain.get((r["temperature"], r["threads"], r["dtype"]))
+        speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['server']} | {r['dtype']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | "
+                     f"{speed} | {r['accept_length'] or '-'} |")
+    return "\n".join(lines)

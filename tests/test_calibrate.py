@@ -1,0 +1,98 @@
+"""`hass calibrate` and its use by `hass serve`: the key names host, target, draft, dtype and threads;
+a calibrated tree is what `hass serve` launches; the real sweep serves and times real servers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from hass_sglang.bench import calibrate as C
+from hass_sglang.drafts import resolve_draft
+from hass_sglang.errors import HassError
+from hass_sglang.target import EMBEDDED_TARGET, resolve_target
+
+HASS = [sys.executable, "-m", "hass_sglang.cli"]
+
+
+def _cal(tree="4 2 8", dtype="float32", threads=1):
+    return C.Calibration(tree=tree, dtype=dtype, threads=threads, hass_tok_s=15.0, plain_tok_s=12.0, accept_length=1.5,
+                         prompts=6, max_tokens=48, measured_at="2026-12-02 21:00", cpu="test cpu")
+
+
+@pytest.fixture
+def hass_draft(tmp_path):
+    """A copy of the shipped HASS draft: its weights can change without touching the package."""
+    src = resolve_draft("smollm2-135m-hass-eagle").path
+    return shutil.copytree(src, tmp_path / "draft")
+
+
+def test_a_calibration_is_found_only_for_the_same_target_draft_dtype_and_threads(tmp_path, hass_draft):
+    path = tmp_path / "calibration.json"
+    target = resolve_target(EMBEDDED_TARGET)
+    C.save_calibration(target, hass_draft, _cal(), path)
+    got = C.load_calibration(target, hass_draft, "float32", 1, path)
+    assert got == _cal() and got.speedup == pytest.approx(1.25)
+    assert C.load_calibration(target, hass_draft, "bfloat16", 1, path) is None
+    assert C.load_calibration(target, hass_draft, "float32", 2, path) is None
+    C.save_calibration(target, hass_draft, _cal("3 1 4", threads=2), path)  # a second entry, the first kept
+    assert C.load_calibration(target, hass_draft, "float32", 1, path).tree == "4 2 8"
+    assert C.load_calibration(target, hass_draft, "float32", 2, path).tree == "3 1 4"
+    weights = next(p for p in hass_draft.iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes() + b"\0")  # a retrained draft: new weights, no calibration
+    assert C.load_calibration(target, hass_draft, "float32", 1, path) is None
+
+
+def test_serve_uses_the_calibrated_tree_and_says_so(tmp_path, hass_draft, monkeypatch):
+    from hass_sglang.cli import _cpu_serve_settings
+    from hass_sglang.tree import CPU_TREE
+
+    monkeypatch.setenv("HASS_CALIBRATION", str(tmp_path / "cal.json"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    model = str(resolve_target(EMBEDDED_TARGET))
+    args = types.SimpleNamespace(dtype="float32", tree=None)
+    dtype, tree, why = _cpu_serve_settings(args, model, str(hass_draft))
+    assert (dtype, tree) == ("float32", CPU_TREE) and "hass calibrate" in why
+    C.save_calibration(model, hass_draft, _cal("4 2 8"))
+    dtype, tree, why = _cpu_serve_settings(args, model, str(hass_draft))
+    assert tree.spec == "4 2 8" and "calibrated on this host" in why and "1.25x" in why
+    args.tree = "2 1 3"  # an explicit --tree wins
+    assert _cpu_serve_settings(args, model, str(hass_draft))[1].spec == "2 1 3"
+
+
+def test_default_cpu_dtype_is_bf16_only_with_amx():
+    assert C.default_cpu_dtype({"amx_bf16": True, "avx512_bf16": True}) == "bfloat16"
+    assert C.default_cpu_dtype({"amx_bf16": False, "avx512_bf16": True}) == "float32"
+
+
+def test_a_bad_tree_is_refused_before_any_server_starts():
+    with pytest.raises(HassError):
+        C.calibrate("/nonexistent", "/nonexistent", [[1, 2]], trees=["3 two 4"])
+    with pytest.raises(HassError, match="no prompts"):
+        C.calibrate("/nonexistent", "/nonexistent", [], trees=["3 1 4"])
+
+
+@pytest.mark.slow
+def test_calibrate_serves_plain_and_each_tree_and_serve_launches_the_winner(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HASS_CALIBRATION": str(tmp_path / "cal.json")}
+    r = subprocess.run([*HASS, "calibrate", "--trees", "2 1 3", "3 1 4", "--dtype", "float32", "--per-set", "1",
+                        "--max-tokens", "8"], capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["server"] for row in rows] == ["plain", "hass 2 1 3", "hass 3 1 4"]
+    assert all(row["tok_s"] > 0 and row["tokens"] > 0 for row in rows)
+    assert all(row["accept_length"] >= 1.0 for row in rows[1:])
+    best = max(rows[1:], key=lambda row: row["tok_s"])["server"].removeprefix("hass ")
+    saved = list(json.loads((tmp_path / "cal.json").read_text()).values())
+    assert len(saved) == 1 and saved[0]["tree"] == best and saved[0]["plain_tok_s"] == rows[0]["tok_s"]
+    r = subprocess.run([*HASS, "serve", "--dtype", "float32", "--ask", "What is the capital of France?",
+                        "--max-tokens", "8", "--no-compare"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps, topk, tokens = best.split()
+    assert f"tree {best} (calibrated on this host" in r.stdout
+    assert f"--speculative-num-steps {steps} --speculative-eagle-topk {topk} --speculative-num-draft-tokens {tokens}" \
+        in r.stdout
+    assert "speedup vs --vanilla" not in r.stdout
