@@ -63,6 +63,15 @@ def test_serve_uses_the_calibrated_tree_and_says_so(tmp_path, hass_draft, monkey
     assert _cpu_serve_settings(args, model, str(hass_draft))[1].spec == "2 1 3"
 
 
+def test_speed_table_prices_a_cycle_in_plain_steps():
+    rows = [{"server": "plain", "temperature": 0.0, "threads": 1, "dtype": "bfloat16", "tok_s": 10.0, "accept_length": None},
+            {"server": "hass 3 1 4", "temperature": 0.0, "threads": 1, "dtype": "bfloat16", "tok_s": 12.0,
+             "accept_length": 1.8}]
+    table = C.speed_table(rows)
+    assert "| hass 3 1 4 | bfloat16 | 0 | 1 | 12.00 | 1.20x | 1.8 | 1.50 |" in table  # 1.8 tokens in 1.5 steps
+    assert C.cycle_cost(2.0, 10.0, 10.0) == 2.0
+
+
 def test_default_cpu_dtype_is_bf16_only_with_amx():
     assert C.default_cpu_dtype({"amx_bf16": True, "avx512_bf16": True}) == "bfloat16"
     assert C.default_cpu_dtype({"amx_bf16": False, "avx512_bf16": True}) == "float32"

@@ -167,13 +167,21 @@ def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDID
 
 
 def speed_table(rows: list[dict]) -> str:
-    """Markdown: tok/s, speedup over the plain server of the same dtype, threads and temperature."""
+    """Markdown: tok/s, speedup over the plain server of the same dtype, threads and temperature, and
+    the cost of one speculative cycle in plain decode steps (accept length / speedup: a cycle commits
+    accept-length tokens in the time plain decoding commits accept-length / cost)."""
     plain = {(r["temperature"], r["threads"], r["dtype"]): r["tok_s"] for r in rows if r["server"] == "plain"}
-    lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length | cycle cost (plain steps) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = plain.get((r["temperature"], r["threads"], r["dtype"]))
         speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
+        cost = f"{cycle_cost(r['accept_length'], r['tok_s'], base):.2f}" if base and r["accept_length"] else "-"
         lines.append(f"| {r['server']} | {r['dtype']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | "
-                     f"{speed} | {r['accept_length'] or '-'} |")
+                     f"{speed} | {r['accept_length'] or '-'} | {cost} |")
     return "\n".join(lines)
+
+
+def cycle_cost(accept_length: float, hass_tok_s: float, plain_tok_s: float) -> float:
+    """Time of one draft + verify cycle in units of one plain decode step."""
+    return accept_length * plain_tok_s / hass_tok_s
