@@ -91,12 +91,15 @@ def test_calibrate_serves_plain_and_each_tree_and_serve_launches_the_winner(tmp_
                         "--max-tokens", "8"], capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert [row["server"] for row in rows] == ["plain", "hass 2 1 3", "hass 3 1 4"]
-    assert all(row["tok_s"] > 0 and row["tokens"] > 0 for row in rows)
-    assert all(row["accept_length"] >= 1.0 for row in rows[1:])
-    best = max(rows[1:], key=lambda row: row["tok_s"])["server"].removeprefix("hass ")
+    assert [row["server"] for row in rows] == ["hass 2 1 3", "hass 3 1 4"]  # each beside the plain server
+    assert all(row["tok_s"] > 0 and row["plain_tok_s"] > 0 and row["tokens"] > 0 for row in rows)
+    assert all(row["accept_length"] >= 1.0 for row in rows)
+    best = max(rows, key=lambda row: row["tok_s"] / row["plain_tok_s"])
     saved = list(json.loads((tmp_path / "cal.json").read_text()).values())
-    assert len(saved) == 1 and saved[0]["tree"] == best and saved[0]["plain_tok_s"] == rows[0]["tok_s"]
+    assert len(saved) == 1 and saved[0]["tree"] == best["server"].removeprefix("hass ")
+    assert saved[0]["plain_tok_s"] == best["plain_tok_s"] and saved[0]["hass_tok_s"] == best["tok_s"]
+    assert "| plain | float32 | 0 | 1 |" in r.stdout  # the table, plain over all pairs first
+    best = saved[0]["tree"]
     r = subprocess.run([*HASS, "serve", "--dtype", "float32", "--ask", "What is the capital of France?",
                         "--max-tokens", "8", "--no-compare"], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -2,9 +2,9 @@
 
 What pays on a CPU depends on the host (AMX makes a bf16 verify of 8 tokens cost about one decode
 step; without it fp32 is faster and trees cost more) and on the draft's acceptance. So instead of
-a cost model, the candidates are served and timed: one SGLang server at a time, plain decoding and
-HASS with each candidate tree, the same chat prompts at batch 1 and T=0 after a warm-up, tok/s side
-by side in one run. The fastest HASS setting is stored under a key naming the host (CPU model, its
+a cost model, the candidates are served and timed: a plain SGLang server beside a HASS server with
+each candidate tree in turn, every chat prompt to both (batch 1, T=0, after a warm-up), so each
+tree's speedup is a ratio measured in pairs under the same load. The fastest HASS setting is stored under a key naming the host (CPU model, its
 bf16 features, cores, OpenMP threads), the target, the draft (its config and weight files) and the
 dtype, in `~/.cache/hass_sglang/calibration.json` (`$HASS_CALIBRATION`); `hass serve` on the same
 host, target, draft and dtype serves with that tree.
@@ -114,17 +114,27 @@ def _generate(url: str, ids: list[int], max_tokens: int, temperature: float) -> 
         return json.load(r)
 
 
+def _spec(model, draft, tree, dtype):
+    from hass_sglang.serving.server import ServerSpec
+
+    return ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None, dtype=dtype)
+
+
+def _row(server, temp, threads, dtype, toks, secs, verify, texts) -> dict:
+    return {"server": server, "temperature": temp, "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2),
+            "tokens": toks, "seconds": round(secs, 1), "accept_length": round(toks / verify, 3) if verify else None,
+            "texts": texts}
+
+
 def measure_server(model: str, draft: str | None, tree: str | None, prompts: list[list[int]], max_tokens: int,
                    temperatures=(0.0,), threads: int = 1, dtype: str = "float32", log_path=None) -> list[dict]:
     """One CPU server (plain when draft is None), every prompt at every temperature, batch 1, after a
     warm-up request: a row per temperature with tok/s, SGLang's accept length and the texts."""
-    from hass_sglang.serving.server import ServerSpec, running_server
+    from hass_sglang.serving.server import running_server
 
     os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
     rows = []
-    spec = ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None,
-                      dtype=dtype)
-    with running_server(spec, log_path=log_path) as url:
+    with running_server(_spec(model, draft, tree, dtype), log_path=log_path) as url:
         _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
         for temp in temperatures:
             toks, secs, verify, texts = 0, 0.0, 0, []
@@ -135,16 +145,22 @@ def measure_server(model: str, draft: str | None, tree: str | None, prompts: lis
                 toks += out["meta_info"]["completion_tokens"]
                 verify += out["meta_info"].get("spec_verify_ct", 0) or 0
                 texts.append(out["text"])
-            rows.append({"server": "plain" if draft is None else f"hass {tree}", "temperature": temp,
-                         "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2), "tokens": toks,
-                         "seconds": round(secs, 1), "accept_length": round(toks / verify, 3) if verify else None,
-                         "texts": texts})
+            rows.append(_row("plain" if draft is None else f"hass {tree}", temp, threads, dtype, toks, secs, verify,
+                             texts))
     return rows
 
 
 def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDIDATES, dtype: str | None = None,
               threads: int = 1, max_tokens: int = 48, report=print) -> tuple[Calibration, list[dict]]:
-    """Serve plain decoding and HASS with every tree (one at a time), pick the fastest tree."""
+    """Pick the tree with the highest speedup over plain decoding, each measured in pairs.
+
+    A plain server runs throughout; each candidate's HASS server runs beside it in turn, and every
+    prompt goes to both, one after the other (the order alternating), so both see the same machine
+    load: on a noisy shared host the paired ratio is stable where tok/s measured minutes apart is not
+    (plain alone moved 14.3 -> 11.8 tok/s between two runs here, docs/sglang-cpu.md). Rows: the
+    plain server over all pairs, then one per tree with its paired `plain_tok_s`."""
+    from hass_sglang.serving.server import running_server
+
     if not prompts:
         raise HassError("calibrate: no prompts")
     if not trees:
@@ -152,29 +168,49 @@ def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDID
     for tree in trees:
         TreeShape.parse(tree)  # a bad tree fails before any server starts
     dtype = dtype or default_cpu_dtype()
-    rows = []
-    for d, tree in [(None, None)] + [(draft, t) for t in trees]:
-        row = measure_server(model, d, tree, prompts, max_tokens, (0.0,), threads, dtype)[0]
-        report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
-        rows.append(row)
-    plain, hass = rows[0], rows[1:]
-    best = max(hass, key=lambda r: r["tok_s"])
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
+    rows, plain_all = [], [0, 0.0]
+    with running_server(_spec(model, None, None, dtype)) as plain_url:
+        _generate(plain_url, prompts[0], 4, 0.0)
+        for tree in trees:
+            with running_server(_spec(model, draft, tree, dtype)) as url:
+                _generate(url, prompts[0], 4, 0.0)
+                got = {"plain": [0, 0.0, 0, []], "hass": [0, 0.0, 0, []]}
+                for i, ids in enumerate(prompts):
+                    pair = [("plain", plain_url), ("hass", url)]
+                    for name, u in (pair if i % 2 == 0 else pair[::-1]):
+                        t = time.perf_counter()
+                        out = _generate(u, ids, max_tokens, 0.0)
+                        acc = got[name]
+                        acc[0] += out["meta_info"]["completion_tokens"]
+                        acc[1] += time.perf_counter() - t
+                        acc[2] += out["meta_info"].get("spec_verify_ct", 0) or 0
+                        acc[3].append(out["text"])
+            row = _row(f"hass {tree}", 0.0, threads, dtype, *got["hass"])
+            row["plain_tok_s"] = round(got["plain"][0] / got["plain"][1], 2)
+            plain_all[0] += got["plain"][0]
+            plain_all[1] += got["plain"][1]
+            report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
+            rows.append(row)
+    rows.insert(0, _row("plain", 0.0, threads, dtype, plain_all[0], plain_all[1], 0, []))
+    best = max(rows[1:], key=lambda r: r["tok_s"] / r["plain_tok_s"])
     cal = Calibration(tree=best["server"].removeprefix("hass "), dtype=dtype, threads=threads,
-                      hass_tok_s=best["tok_s"], plain_tok_s=plain["tok_s"], accept_length=best["accept_length"],
+                      hass_tok_s=best["tok_s"], plain_tok_s=best["plain_tok_s"], accept_length=best["accept_length"],
                       prompts=len(prompts), max_tokens=max_tokens, measured_at=time.strftime("%Y-%m-%d %H:%M"),
                       cpu=cpu_features()["cpu"])
     return cal, rows
 
 
 def speed_table(rows: list[dict]) -> str:
-    """Markdown: tok/s, speedup over the plain server of the same dtype, threads and temperature, and
+    """Markdown: tok/s, speedup over the plain server of the same dtype, threads and temperature (the
+    row's paired `plain_tok_s` where `calibrate` measured one), and
     the cost of one speculative cycle in plain decode steps (accept length / speedup: a cycle commits
     accept-length tokens in the time plain decoding commits accept-length / cost)."""
     plain = {(r["temperature"], r["threads"], r["dtype"]): r["tok_s"] for r in rows if r["server"] == "plain"}
     lines = ["| server | dtype | T | threads | tok/s | speedup vs plain | accept length | cycle cost (plain steps) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = plain.get((r["temperature"], r["threads"], r["dtype"]))
+        base = r.get("plain_tok_s") or plain.get((r["temperature"], r["threads"], r["dtype"]))
         speed = f"{r['tok_s'] / base:.2f}x" if base else "-"
         cost = f"{cycle_cost(r['accept_length'], r['tok_s'], base):.2f}" if base and r["accept_length"] else "-"
         lines.append(f"| {r['server']} | {r['dtype']} | {r['temperature']:g} | {r['threads']} | {r['tok_s']:.2f} | "
