@@ -8,6 +8,8 @@
 #   SHIP_ONLY=1 bash scripts/train_drafts.sh                              # only copy finished drafts
 #   ENGINE=sglang bash scripts/train_drafts.sh                            # answers and features from an SGLang server
 #   ENGINE=sglang RUN=/tmp/smoke CONVERSATIONS=16 STOP_AFTER=features bash scripts/train_drafts.sh   # a smoke run
+#   CORPUS=data/smollm2-135m-instruct/answers.json.gz RUN=runs/v3 EPOCHS=2 bash scripts/train_drafts.sh
+#                                     # train on the committed corpus (scripts/build_corpus.sh), skipping steps 1-2
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,6 +20,7 @@ CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the D
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
 CONVERSATIONS="${CONVERSATIONS:-544}"  # self-distilled conversations (the shipped drafts: 544)
+STORAGE="${STORAGE:-float32}"   # feature storage dtype (the shipped drafts: float32; bfloat16 halves the bytes)
 hass=".venv/bin/hass"
 mkdir -p "$RUN"
 step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
@@ -53,6 +56,11 @@ if [ "${ENGINE:-transformers}" = sglang ]; then
     FEATURES="$RUN/features-sglang"
 fi
 
+if [ -n "${CORPUS:-}" ]; then
+    [ -f "$CORPUS" ] || { echo "CORPUS=$CORPUS: no such file (build it with scripts/build_corpus.sh)" >&2; exit 2; }
+    ANSWERS="$CORPUS"
+else
+    ANSWERS="$RUN/regen.json"
 # 1. data: ShareGPT first exchanges + GSM8K train questions (answers are replaced below)
 [ -f "$RUN/sharegpt.json" ] || step $hass data --source "$DATA/sharegpt_sample/sharegpt_v3_sample_first_exchange.json" \
     --preset sharegpt --out "$RUN/sharegpt.json"
@@ -60,10 +68,11 @@ fi
 # 2. self-distillation: the target (bf16, greedy) answers every short prompt itself
 [ -f "$RUN/regen.json" ] || step $hass regenerate --data "$RUN/sharegpt.json" "$RUN/gsm8k.json" --out "$RUN/regen.json" \
     --limit 1100 --max-prompt-tokens 160 --max-new-tokens 192 --batch-size 32 --max-conversations "$CONVERSATIONS" "${regen_engine[@]}"
+fi
 # 3. features: last hidden state + the target's top-10 next-token distribution per position
-# (fp32 storage: how the shipped drafts were made; bf16 is the default and halves the bytes)
-step $hass features --data "$RUN/regen.json" --out "$FEATURES" --max-length 384 --target-dtype bfloat16 \
-    --storage-dtype float32 "${feat_engine[@]}"
+# (fp32 storage: how the shipped drafts were made; STORAGE=bfloat16 halves the bytes, for the corpus)
+step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length 384 --target-dtype bfloat16 \
+    --storage-dtype "$STORAGE" "${feat_engine[@]}"
 [ -z "${server:-}" ] || { kill -- -$server; trap - EXIT; }  # the CPU is the trainer's from here
 if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
