@@ -48,23 +48,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _cpu_serve_settings(args, model: str, draft: str | None):
-    """dtype and tree of a CPU server: as given, else the host's calibration (`hass calibrate`) for
-    this target, draft, dtype and thread count, else bf16 on AMX hosts / fp32 and the CPU tree."""
-    from hass_sglang.bench.calibrate import default_cpu_dtype, load_calibration
-    from hass_sglang.tree import CPU_TREE, TreeShape
-
-    dtype = args.dtype or default_cpu_dtype()
-    if args.tree or draft is None:
-        return dtype, TreeShape.parse(args.tree) if args.tree else None, None
-    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    cal = load_calibration(model, draft, dtype, threads)
-    if cal is None:
-        return dtype, CPU_TREE, f"tree {CPU_TREE.spec} (the CPU default; `hass calibrate` measures the best on this host)"
-    return dtype, TreeShape.parse(cal.tree), (f"tree {cal.tree} (calibrated on this host {cal.measured_at}: "
-                                             f"{cal.speedup:.2f}x plain over {cal.prompts} prompts)")
-
-
 def cmd_serve(args) -> int:
     import shlex
 
@@ -88,7 +71,9 @@ def cmd_serve(args) -> int:
     if cuda:
         dtype, tree, why = args.dtype, TreeShape.parse(args.tree) if args.tree else None, None
     else:
-        dtype, tree, why = _cpu_serve_settings(args, model, draft)
+        from hass_sglang.bench.calibrate import cpu_serve_settings
+
+        dtype, tree, why = cpu_serve_settings(model, draft, args.dtype, args.tree)
     spec = ServerSpec(model=model, draft=draft, device="cuda" if cuda else "cpu", host=args.host, port=args.port,
                       tree=tree, dtype=dtype, extra=tuple(extra)).with_port()
     if why:

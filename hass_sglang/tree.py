@@ -101,6 +101,9 @@ PAPER_TREE = TreeShape(6, 10, 60)
 # tokens per verify) was the fastest of the sweep in docs/sglang-cpu.md (0.80x plain vs 0.67x for
 # 3 x top-2 x 6 at T=0, same run): the default of every CPU server the project starts.
 CPU_TREE = TreeShape(3, 1, 4)
+# What `hass calibrate` tries on CPUs: chains and narrow trees (a 60-token paper tree never pays on 2 cores).
+CPU_CANDIDATES = (TreeShape(2, 1, 3), CPU_TREE, TreeShape(3, 2, 6), TreeShape(4, 1, 5), TreeShape(4, 2, 8),
+                  TreeShape(5, 2, 10))
 # SGLang 0.5.23's own default for MTP (NextN) drafts of DeepSeek targets
 # (speculative_hook._auto_choose_speculative_params): a 3-step chain. Partial tree flags for an
 # MTP head are completed from it.

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -47,20 +46,17 @@ def test_a_calibration_is_found_only_for_the_same_target_draft_dtype_and_threads
 
 
 def test_serve_uses_the_calibrated_tree_and_says_so(tmp_path, hass_draft, monkeypatch):
-    from hass_sglang.cli import _cpu_serve_settings
     from hass_sglang.tree import CPU_TREE
 
     monkeypatch.setenv("HASS_CALIBRATION", str(tmp_path / "cal.json"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     model = str(resolve_target(EMBEDDED_TARGET))
-    args = types.SimpleNamespace(dtype="float32", tree=None)
-    dtype, tree, why = _cpu_serve_settings(args, model, str(hass_draft))
+    dtype, tree, why = C.cpu_serve_settings(model, str(hass_draft), "float32", None)
     assert (dtype, tree) == ("float32", CPU_TREE) and "hass calibrate" in why
     C.save_calibration(model, hass_draft, _cal("4 2 8"))
-    dtype, tree, why = _cpu_serve_settings(args, model, str(hass_draft))
+    dtype, tree, why = C.cpu_serve_settings(model, str(hass_draft), "float32", None)
     assert tree.spec == "4 2 8" and "calibrated on this host" in why and "1.25x" in why
-    args.tree = "2 1 3"  # an explicit --tree wins
-    assert _cpu_serve_settings(args, model, str(hass_draft))[1].spec == "2 1 3"
+    assert C.cpu_serve_settings(model, str(hass_draft), "float32", "2 1 3")[1].spec == "2 1 3"  # --tree wins
 
 
 def test_speed_table_prices_a_cycle_in_plain_steps():
@@ -87,11 +83,11 @@ def test_a_bad_tree_is_refused_before_any_server_starts():
 @pytest.mark.slow
 def test_calibrate_serves_plain_and_each_tree_and_serve_launches_the_winner(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASS_CALIBRATION": str(tmp_path / "cal.json")}
-    r = subprocess.run([*HASS, "calibrate", "--trees", "2 1 3", "3 1 4", "--dtype", "float32", "--per-set", "1",
+    r = subprocess.run([*HASS, "calibrate", "--trees", "2 1 3", "3 2 6", "--dtype", "float32", "--per-set", "1",
                         "--max-tokens", "8"], capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert [row["server"] for row in rows] == ["hass 2 1 3", "hass 3 1 4"]  # each beside the plain server
+    assert [row["server"] for row in rows] == ["hass 2 1 3", "hass 3 2 6"]  # each beside the plain server
     assert all(row["tok_s"] > 0 and row["plain_tok_s"] > 0 and row["tokens"] > 0 for row in rows)
     assert all(row["accept_length"] >= 1.0 for row in rows)
     best = max(rows, key=lambda row: row["tok_s"] / row["plain_tok_s"])

@@ -637,3 +637,15 @@ def test_client_error_messages_drop_server_paths_and_tracebacks():
     cls = public_error_response_class()
     body = cls(message=validation, type="Bad Request", code=400)
     assert isinstance(body, ErrorResponse) and body.model_dump()["message"] == got
+
+
+def test_a_rid_that_does_not_fit_the_request_is_refused():
+    """SGLang 0.5.23 answers 500 to a list of rids for one prompt (found by the fuzzing test)."""
+    from hass_sglang.serving.request_checks import rid_error
+
+    assert rid_error(None, "hi") is None and rid_error("r1", [1, 2, 3]) is None
+    assert rid_error(["a", "b"], ["x", "y"]) is None and rid_error(["a"], [[1, 2]]) is None
+    assert "single prompt" in rid_error(["a"], [-1776])
+    assert "single prompt" in rid_error(["a"], "hi") and "single prompt" in rid_error(["a"], None, chat=True)
+    assert "2 prompts" in rid_error(["a"], ["x", "y"])
+    assert "list of strings" in rid_error([[None]], ["x"]) and "list of strings" in rid_error(5, "x")

@@ -23,10 +23,25 @@ from pathlib import Path
 
 from hass_sglang.errors import HassError
 from hass_sglang.io import cache_dir, read_json, write_json_atomic
-from hass_sglang.tree import TreeShape
+from hass_sglang.tree import CPU_CANDIDATES as CPU_CANDIDATE_TREES
+from hass_sglang.tree import CPU_TREE, TreeShape
 
-# Candidate trees on CPUs: chains and narrow trees (a 60-token paper tree never pays on 2 cores).
-CPU_CANDIDATES = ("2 1 3", "3 1 4", "3 2 6", "4 1 5", "4 2 8", "5 2 10")
+CPU_CANDIDATES = tuple(t.spec for t in CPU_CANDIDATE_TREES)
+
+
+def cpu_serve_settings(model: str, draft: str | None, dtype: str | None, tree: str | None):
+    """dtype and tree of a CPU server (`hass serve`): as given, else this host's calibration for this
+    target, draft, dtype and thread count, else bf16 on AMX hosts / fp32 and the CPU tree.
+    Returns (dtype, TreeShape or None, a line saying where the tree came from, or None)."""
+    dtype = dtype or default_cpu_dtype()
+    if tree or draft is None:
+        return dtype, TreeShape.parse(tree) if tree else None, None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    cal = load_calibration(model, draft, dtype, threads)
+    if cal is None:
+        return dtype, CPU_TREE, f"tree {CPU_TREE.spec} (the CPU default; `hass calibrate` measures the best on this host)"
+    return dtype, TreeShape.parse(cal.tree), (f"tree {cal.tree} (calibrated on this host {cal.measured_at}: "
+                                             f"{cal.speedup:.2f}x plain over {cal.prompts} prompts)")
 
 
 def calibration_path() -> Path:

@@ -154,6 +154,24 @@ def empty_prompt_error(input_ids, input_embeds=None) -> str | None:
     return "Prompt cannot be empty (every prompt of a batch needs at least one token)"
 
 
+def rid_error(rid, prompt=None, chat: bool = False) -> str | None:
+    """None when `rid` fits the request: a string (or none) for one prompt, a list of strings of the
+    batch's length for a batch (pure). SGLang 0.5.23 answers 500 ("unhashable type: 'list'") to a
+    list for a single prompt (found by fuzzing)."""
+    if rid is None or isinstance(rid, str):
+        return None
+    if not isinstance(rid, list) or not all(isinstance(r, str) for r in rid):
+        return "rid must be a string, or a list of strings for a batch of prompts"
+    batch = None
+    if not chat and isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        batch = len(prompt)
+    if batch is None:
+        return "rid must be a string for a single prompt (a list of rids needs a batch of prompts)"
+    if len(rid) != batch:
+        return f"rid lists {len(rid)} ids for a batch of {batch} prompts"
+    return None
+
+
 def around_create_tokenized_object(original, self, *args, **kwargs):
     tokenized = original(self, *args, **kwargs)
     # Every server: an id outside the embedding, or no token at all, kills SGLang 0.5.23's scheduler
@@ -175,6 +193,11 @@ def around_create_tokenized_object(original, self, *args, **kwargs):
 
 def around_validate_request(original, self, request, *args, **kwargs):
     message = original(self, request, *args, **kwargs)
+    if message:
+        return message
+    # Every server: a malformed rid is a 500 in SGLang itself; refusing it changes no valid request.
+    message = rid_error(getattr(request, "rid", None), getattr(request, "prompt", None),
+                        chat=hasattr(request, "messages"))
     if message or not checks_model_names(self.tokenizer_manager.server_args):
         return message
     return unknown_model_error(getattr(request, "model", None), self.tokenizer_manager.served_model_name)
