@@ -63,23 +63,6 @@ def test_serve_command_line_is_sglang_launch_server_with_hass():
     assert "--speculative-algorithm" not in gpu and "--device" not in gpu
 
 
-@pytest.mark.slow
-def test_readme_main_command_serves_hass_through_sglang_and_answers_a_chat_request():
-    """`hass serve --ask` (the README's main command): real launch_server with the shipped HASS draft."""
-    r = subprocess.run([*HASS, "serve", "--ask", "What is the capital of France?", "--max-tokens", "16"],
-                       capture_output=True, text=True, env=ENV, timeout=900)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "-m sglang.launch_server" in r.stdout and "--speculative-algorithm HASS" in r.stdout
-    assert "smollm2-135m-hass-eagle" in r.stdout
-    assert "Paris" in r.stdout.split("assistant:", 1)[1]
-    assert "accept length" in r.stdout
-    # the speedup against a vanilla server of the same dtype, measured in the same invocation
-    vanilla = r.stdout.split("without speculation (--vanilla)", 1)[1]
-    assert "-m sglang.launch_server" in vanilla and "--speculative-algorithm" not in vanilla
-    speedup = float(vanilla.split("measured here): ", 1)[1].split("x", 1)[0])
-    assert speedup > 0
-
-
 def test_bench_is_a_subcommand_of_hass():
     r = run("--help")
     assert r.returncode == 0 and "bench" in r.stdout and "serving benchmarks" in r.stdout
