@@ -1,6 +1,8 @@
 """Prompt corpus (`hass corpus`): real sources from the shared data folder, eval questions kept out."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +12,12 @@ from hass_sglang.train.corpus import (CorpusConfig, Source, build_corpus, eval_p
                                       report_table)
 from hass_sglang.train.data import load_sharegpt
 from hass_sglang.train.regenerate import first_exchange_prompt
+
+HASS = [sys.executable, "-m", "hass_sglang.cli"]
+
+
+def _hass(args: list[str]) -> int:
+    return subprocess.run([*HASS, *args], capture_output=True, text=True, timeout=300).returncode
 
 
 def test_normalised_prompts_ignore_case_punctuation_and_spacing():
@@ -81,22 +89,20 @@ def test_per_source_caps():
                      eval_keys={})
 
 
-def test_a_second_corpus_file_skips_the_first_files_prompts_and_still_fills_its_caps(tmp_path, capsys):
-    from hass_sglang.cli import main
-
+def test_a_second_corpus_file_skips_the_first_files_prompts_and_still_fills_its_caps(tmp_path):
     gsm8k = f"gsm8k=gsm8k:{shared_data_dir() / 'gsm8k' / 'train.jsonl'}"
     first, second = tmp_path / "prompts.json", tmp_path / "prompts-2.json"
-    assert main(["corpus", "--out", str(first), "--source", gsm8k, "--max-per-source", "40"]) == 0
-    assert main(["corpus", "--out", str(second), "--source", gsm8k, "--max-per-source", "25",
+    assert _hass(["corpus", "--out", str(first), "--source", gsm8k, "--max-per-source", "40"]) == 0
+    assert _hass(["corpus", "--out", str(second), "--source", gsm8k, "--max-per-source", "25",
                  "--exclude", str(first)]) == 0
     one, two = load_sharegpt(first), load_sharegpt(second)
     assert len(one) == 40 and len(two) == 25  # the cap counts new prompts only
     assert not {c.id for c in one} & {c.id for c in two}
     # the source's next records after the 40 the first file took, in file order
-    assert main(["corpus", "--out", str(tmp_path / "both.json"), "--source", gsm8k, "--max-per-source", "65"]) == 0
+    assert _hass(["corpus", "--out", str(tmp_path / "both.json"), "--source", gsm8k, "--max-per-source", "65"]) == 0
     assert [c.id for c in load_sharegpt(tmp_path / "both.json")] == [c.id for c in one + two]
     report = json.loads(second.with_suffix(".report.json").read_text())["gsm8k"]
     assert report["skipped"] == {"in an earlier corpus: prompts.json": 40} and report["kept"] == 25
-    assert main(["corpus", "--out", str(tmp_path / "x.json"), "--source", gsm8k,
-                 "--exclude", str(tmp_path / "nope.json")]) == 2
-    assert "--exclude" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    r = subprocess.run([*HASS, "corpus", "--out", str(tmp_path / "x.json"), "--source", gsm8k,
+                        "--exclude", str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--exclude" in r.stderr and not (tmp_path / "x.json").exists()
