@@ -2,10 +2,7 @@
 
 Under pytest-xdist (`-n 2`, what CI runs) each worker uses one thread: batch-1 decoding of this
 small model is latency-bound, so two single-thread workers get nearly twice the throughput of one
-two-thread process. CI distributes with `--dist loadgroup`: a module whose module fixtures start
-servers or train (test_sglang_cpu_e2e, test_deepseek) carries `pytest.mark.xdist_group`, so one
-worker runs all of it and builds each fixture once (worksteal had split them, doubling ~20 minutes
-of server starts); xdist sends those groups first and balances the single tests around them.
+two-thread process.
 """
 
 import os

@@ -15,6 +15,7 @@ yarn RoPE; built in seconds by `hass_sglang.tiny_deepseek`, never downloaded or 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +28,6 @@ from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.target import TINY_DEEPSEEK_V3, load_target
 from hass_sglang.tree import CPU_TREE, TreeShape
 from hass_sglang.vanilla import generate_vanilla
-
-# one worker for the whole module: training and the three servers are module fixtures (CI: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("deepseek")
 
 PROMPTS = ["Write a short story about a lighthouse keeper.", "What is 17 times 23?", "Name three colors.",
            "Explain photosynthesis in one sentence.", "Give me a haiku about rain.", "List the planets.",
@@ -97,15 +95,21 @@ def test_reference_decoder_is_lossless_on_deepseek(ds, tree):
 
 
 @pytest.fixture(scope="module")
-def trained(ds, tmp_path_factory):  # ~3 min on one core
+def trained(ds, tmp_path_factory):  # ~2-3 min on one core: once per session, not once per worker
     """The target's own MTP layer trained with the plain objective, then continued with HASS."""
+    from support.shared import built_once
+
+    out = built_once(tmp_path_factory, "deepseek-train", lambda root: _train(ds, root))
+    return {name: Path(path) for name, path in out.items()}
+
+
+def _train(ds, root):
     from hass_sglang.eval_sets import shared_data_dir
     from hass_sglang.train.data import convert
     from hass_sglang.train.features import FeatureConfig, extract_features
     from hass_sglang.train.regenerate import RegenerateConfig, regenerate
     from hass_sglang.train.trainer import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("deepseek-train")
     prompts = root / "prompts.jsonl"  # the test prompts themselves, plus ShareGPT first turns
     prompts.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "-"}]})
                                + "\n" for p in PROMPTS))
@@ -121,7 +125,7 @@ def trained(ds, tmp_path_factory):  # ~3 min on one core
                               epochs=TRAIN_EPOCHS), ds, progress=False)
     hass = train(TrainConfig(**common, out=str(root / "hass-mtp"), objective="hass", init_from=str(plain), epochs=1),
                  ds, progress=False)
-    return {"mtp": plain, "hass-mtp": hass, "root": root}
+    return {"mtp": str(plain), "hass-mtp": str(hass), "root": str(root)}
 
 
 TRAIN_CONVERSATIONS, TRAIN_EPOCHS = 64, 3

@@ -33,8 +33,7 @@ from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.tree import CPU_TREE
 from support.serving import chi2_same_distribution, generate_ids, post
 
-# one worker for the whole module: its servers are module fixtures, started once (CI: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sglang_cpu_e2e")]
+pytestmark = pytest.mark.slow
 
 PER_SET = 2
 MAX_TOKENS = 32
