@@ -5,11 +5,12 @@ workers: an expensive build (training a draft) would then run twice. `built_once
 the session's shared temp folder under a file lock; the second worker waits for it and reuses it.
 """
 
-import json
 import os
 import shutil
 
 from filelock import FileLock
+
+from hass_sglang.io import read_json, write_json_atomic
 
 
 def built_once(tmp_path_factory, name: str, build):
@@ -22,8 +23,5 @@ def built_once(tmp_path_factory, name: str, build):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a build that failed in the other worker
             folder.mkdir()
-            value = build(folder)
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(value))
-            tmp.replace(done)
-        return json.loads(done.read_text())
+            write_json_atomic(done, build(folder))
+        return read_json(done)
