@@ -341,7 +341,7 @@ def cmd_train(args) -> int:
     )
     # validation decodes with the whole target; otherwise only its embedding and lm_head are read
     target = load_target(args.target) if args.val_prompts else load_target_parts(args.target)
-    export = train(cfg, target, device=str(device), parallel=args.parallel)
+    export = train(cfg, target, device=str(device), parallel=args.parallel, save_every=args.save_every)
     print(f"draft written to {export}")
     return 0
 
@@ -507,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-topk", type=int, default=10, help="HASS top-K distillation K (not the tree's top-k)")
     t.add_argument("--distill-weight", type=float, default=1.0, help="HASS top-K distillation weight w")
     t.add_argument("--init-from", help="a draft folder to continue from, or 'target': the target's own MTP layer (DeepSeek)")
-    t.add_argument("--val-prompts", type=int, default=0, help="validation tau on this many eval prompts per epoch")
+    t.add_argument("--val-prompts", type=int, default=0,
+                   help="validation tau on this many eval prompts at every checkpoint; the best head goes to <out>/best")
+    t.add_argument("--save-every", type=int, default=0,
+                   help="also checkpoint (and validate) every N steps inside an epoch; 0: at epoch ends only")
     t.add_argument("--draft-vocab", type=int, help="reduced draft vocabulary: this many most frequent target tokens")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-4)

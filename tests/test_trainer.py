@@ -57,6 +57,48 @@ def test_killed_run_resumes_to_the_same_state(tmp_path, target, feats, monkeypat
     assert read_draft_metadata(full)["history"] == read_draft_metadata(resumed)["history"]
 
 
+def test_a_run_killed_between_checkpoints_inside_an_epoch_resumes_to_the_same_weights_and_curve(
+        tmp_path, target, feats, monkeypatch):
+    """save_every checkpoints inside an epoch: a run killed after one resumes mid-epoch to the weights,
+    history and curve of an uninterrupted run, and the cadence never changes the weights. With
+    validation, every point carries a tau and the best head is exported to best/."""
+    kw = dict(epochs=2, batch_size=2, val_prompts=1, val_max_new_tokens=8)  # 4 steps per epoch
+    every_epoch = train(cfg(feats, tmp_path / "epochs", **kw), target, progress=False)
+    full = train(cfg(feats, tmp_path / "full", **kw), target, progress=False, save_every=3)
+    real, calls = trainer.batch_loss, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the checkpoint at step 3 of epoch 1
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "batch_loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(feats, tmp_path / "resumed", **kw), target, progress=False, save_every=3)
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
+    monkeypatch.setattr(trainer, "batch_loss", real)
+    resumed = train(cfg(feats, tmp_path / "resumed", **kw), target, progress=False, save_every=3)
+
+    weights = [load_draft(d, target.config).state_dict() for d in (every_epoch, full, resumed)]
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+    meta_full, meta_resumed = read_draft_metadata(full), read_draft_metadata(resumed)
+    assert meta_full["history"] == meta_resumed["history"] == read_draft_metadata(every_epoch)["history"]
+    assert meta_full["curve"] == meta_resumed["curve"]
+    curve = meta_full["curve"]
+    assert [p["step"] for p in curve] == [3, 4, 7, 8] and [p["epoch"] for p in curve] == [0.75, 1.0, 1.75, 2.0]
+    assert all(p["val_tau"] >= 1.0 and "loss" in p for p in curve)
+    assert [p["step"] for p in read_draft_metadata(every_epoch)["curve"]] == [4, 8]
+    # the epoch-end points' taus are the history's, and the best point's head is the one in best/
+    assert [h["val_tau"] for h in meta_full["history"]] == [curve[1]["val_tau"], curve[3]["val_tau"]]
+    best = max(curve, key=lambda p: p["val_tau"])
+    assert meta_full["best"] == {k: best[k] for k in ("step", "epoch", "val_tau")}
+    assert read_draft_metadata(tmp_path / "full" / "best")["best"] == meta_full["best"]
+    with pytest.raises(HassError, match="save_every"):
+        train(cfg(feats, tmp_path / "bad"), target, progress=False, save_every=-1)
+
+
 def test_continual_training_and_bad_config(tmp_path, target, feats):
     first = train(cfg(feats, tmp_path / "a", head="mtp", objective="eagle2", epochs=1), target, progress=False)
     cont = train(cfg(feats, tmp_path / "b", head="mtp", objective="hass", epochs=1, init_from=str(first), lr=1e-4), target, progress=False)

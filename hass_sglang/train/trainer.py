@@ -7,10 +7,12 @@ optimizer step, so all ranks keep identical weights; rank 0 alone logs, validate
 target contributes its embedding and lm_head only; the body's work was done once by
 `hass features`.
 
-State saved after every epoch (atomically, `checkpoint/`): head, optimizer, scheduler, epoch and
-the metrics so far; the data order of epoch e is a function of (seed, e), so a run killed and
-resumed reaches the same state as an uninterrupted one. The final head is exported as an
-SGLang-loadable draft folder (`checkpoint.save_draft`).
+State saved after every epoch and, with `save_every`, every that many steps inside one (atomically,
+`checkpoint.pt`): head, optimizer, scheduler, position in the epoch and the metrics so far; the data
+order of epoch e is a function of (seed, e), so a run killed and resumed reaches the same state as an
+uninterrupted one, whatever the checkpoint cadence. Every checkpoint adds a point to the training
+curve (metrics since the previous point, validation tau with `val_prompts`); the best validated head
+is exported to `best/`, the final one to `draft/` (`checkpoint.save_draft`, SGLang-loadable).
 """
 
 from __future__ import annotations
@@ -243,12 +245,15 @@ CHECKPOINT_FORMAT = 2  # 2: unsharded model/optimizer state by parameter name (a
 
 
 def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True, device: str = "auto",
-          parallel: Parallelism = "ddp") -> Path:
+          parallel: Parallelism = "ddp", save_every: int = 0) -> Path:
     """Train (or resume) and export; returns the exported draft folder.
 
     `target`: a loaded `Target` (validation tau needs it) or only its `TargetParts` (embedding,
     lm_head, config: how big targets train). `device`: auto | cpu | cuda[:N]; `parallel`: the engine
-    under torchrun, ddp or fsdp (FSDP2)."""
+    under torchrun, ddp or fsdp (FSDP2). `save_every`: also checkpoint (and validate) every that many
+    steps inside an epoch (0: at epoch ends only); not a training setting: it never changes the weights."""
+    if save_every < 0:
+        raise HassError(f"save_every must be >= 0 steps, got {save_every}")
     dev = resolve_device(device)
     init_distributed(dev)
     rank, world = rank_world()
@@ -289,7 +294,8 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
         return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start_epoch, history = 0, []
+    # position: completed epochs + steps done in the current one; `window`: metric sums since the last curve point
+    start_epoch, start_step, history, curve, sums, window = 0, 0, [], [], {}, {}
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False, map_location="cpu", mmap=True)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -297,14 +303,48 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
         load_full_state(model, opt, state["model"], state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
+        start_step, curve = state.get("step_in_epoch", 0), state.get("curve", [])
+        sums, window = state.get("sums", {}), state.get("window", {})
         del state
+    best = max((p for p in curve if "val_tau" in p), key=lambda p: p["val_tau"], default=None)
+
+    def checkpoint(epochs_done: int, step_in_epoch: int) -> None:
+        """Add a curve point (validated with val_prompts; a new best is exported to best/) and save
+        the state atomically. A collective: every rank calls it, rank 0 validates and writes."""
+        nonlocal best
+        model_state, optim_state = full_state(model, opt)
+        n = window.pop("steps")
+        done = epochs_done * steps_per_epoch + step_in_epoch
+        point = {"step": done, "epoch": round(done / steps_per_epoch, 4), **{k: v / n for k, v in window.items()}}
+        window.clear()
+        if rank > 0:
+            return
+        template.load_state_dict(_unprefixed(model_state))
+        if cfg.val_prompts and isinstance(target, Target):
+            point["val_tau"] = validation_tau(target, template, cfg.val_prompts, cfg.val_max_new_tokens)
+            if best is None or point["val_tau"] > best["val_tau"]:
+                best = point
+                _export(template, out / "best", cfg, parts, len(features), history, curve + [point], world, parallel,
+                        dev, best)
+        curve.append(point)
+        if step_in_epoch == 0 and "val_tau" in point:
+            history[-1]["val_tau"] = point["val_tau"]
+        print(f"[train] step {done}/{total_steps}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in point.items() if k == "loss" or k.endswith(("top1", "val_tau"))), flush=True)
+        save_torch_atomic(ckpt, {"format": CHECKPOINT_FORMAT, "model": model_state, "optimizer": optim_state,
+                                 "scheduler": sched.state_dict(), "epoch": epochs_done, "step_in_epoch": step_in_epoch,
+                                 "history": history, "curve": curve, "sums": sums, "window": window})
+
     # bf16 autocast on CUDA (fp32 master weights and optimizer); CPU trains in fp32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         order = features.order(cfg.seed, epoch)
-        sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0)
+        first = start_step if epoch == start_epoch else 0
+        if first == 0:
+            sums = {}
+        bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0)
         for i in bar:
             chunk = order[i * global_batch : (i + 1) * global_batch]
             mine = chunk[rank::world]
@@ -321,18 +361,13 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
             sched.step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
+                window[k] = window.get(k, 0.0) + v
+            window["steps"] = window.get("steps", 0) + 1
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['step1/top1']:.3f}")
+            if save_every and (i + 1) % save_every == 0 and i + 1 < steps_per_epoch:
+                checkpoint(epoch, i + 1)
         history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
-        model_state, optim_state = full_state(model, opt)  # a collective: every rank takes part
-        if rank > 0:
-            continue  # rank 0 validates and writes
-        template.load_state_dict(_unprefixed(model_state))
-        if cfg.val_prompts and isinstance(target, Target):
-            history[-1]["val_tau"] = validation_tau(target, template, cfg.val_prompts, cfg.val_max_new_tokens)
-        print(f"[train] epoch {epoch + 1}: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in history[-1].items() if k == "loss" or k.endswith(("top1", "val_tau"))), flush=True)
-        save_torch_atomic(ckpt, {"format": CHECKPOINT_FORMAT, "model": model_state, "optimizer": optim_state,
-                                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history})
+        checkpoint(epoch + 1, 0)
     seconds = time.perf_counter() - t_start
     export = out / "draft"
     if start_epoch == cfg.epochs and rank == 0:  # resumed a finished run: the weights come from the checkpoint
@@ -342,12 +377,23 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
     barrier()
     if rank > 0:
         return export
-    save_draft(template.eval(), export, parts.config, metadata={
-        "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": len(features),
-        "init_from": cfg.init_from, "history": history, "train_seconds_last_session": round(seconds, 1),
-        "world_size": world, "parallel": parallel if world > 1 else None, "device": dev.type,
-    }, dtype=parts.checkpoint_dtype)  # the dtype SGLang will serve the target in
+    _export(template, export, cfg, parts, len(features), history, curve, world, parallel, dev, best, seconds)
     return export
+
+
+def _export(head, folder: Path, cfg: TrainConfig, parts: TargetParts, samples: int, history: list, curve: list,
+            world: int, parallel: str, dev: torch.device, best: dict | None, seconds: float | None = None) -> None:
+    """The head as an SGLang draft folder in the dtype SGLang serves the target in, with the run's curves."""
+    metadata = {
+        "objective": cfg.objective, "align_steps": cfg.steps, "epochs": cfg.epochs, "samples": samples,
+        "init_from": cfg.init_from, "history": history, "curve": curve,
+        "best": None if best is None else {"step": best["step"], "epoch": best["epoch"], "val_tau": best["val_tau"]},
+        "world_size": world, "parallel": parallel if world > 1 else None, "device": dev.type,
+    }
+    if seconds is not None:
+        metadata["train_seconds_last_session"] = round(seconds, 1)
+    save_draft(head.eval(), folder, parts.config, metadata=metadata, dtype=parts.checkpoint_dtype)
+    head.train()
 
 
 def _unprefixed(model_state: dict) -> dict:
