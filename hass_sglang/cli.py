@@ -337,7 +337,7 @@ def cmd_train(args) -> int:
         features=args.features, out=args.out, head=args.head, objective=args.objective, align_steps=args.align_steps,
         distill_topk=args.distill_topk, distill_weight=args.distill_weight, init_from=args.init_from,
         epochs=args.epochs, lr=args.lr, draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
-        batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps, precision=args.precision,
     )
     # validation decodes with the whole target; otherwise only its embedding and lm_head are read
     target = load_target(args.target) if args.val_prompts else load_target_parts(args.target)
@@ -519,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autocast of forward and losses: auto = bf16 on CUDA, fp32 on CPU (master weights stay fp32)")
     t.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard) for heads too large to replicate")
     _add_dry_run_args(t)

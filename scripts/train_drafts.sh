@@ -8,6 +8,8 @@
 #   SHIP_ONLY=1 bash scripts/train_drafts.sh                              # only copy finished drafts
 #   ENGINE=sglang bash scripts/train_drafts.sh                            # answers and features from an SGLang server
 #   ENGINE=sglang RUN=/tmp/smoke CONVERSATIONS=16 STOP_AFTER=features bash scripts/train_drafts.sh   # a smoke run
+#   RUN=/tmp/smoke CONVERSATIONS=16 EPOCHS=1 CONT_EPOCHS=1 SAVE_EVERY=1 VAL_PROMPTS=1 STORAGE=bfloat16 \
+#     STOP_AFTER=train bash scripts/train_drafts.sh                   # a smoke run of everything up to the five trainings
 #   CORPUS="data/smollm2-135m-instruct/answers.json.gz data/smollm2-135m-instruct/answers-2.json.gz" \
 #     RUN=runs/v3 EPOCHS=2 bash scripts/train_drafts.sh
 #                                     # train on the committed corpus (scripts/build_corpus.sh), skipping steps 1-2
@@ -17,7 +19,9 @@ cd "$root"
 RUN="${RUN:-runs/v2}"
 DATA="${HASS_DATA_DIR:-$root/../shared/data}"
 EPOCHS="${EPOCHS:-5}"          # epochs of every from-scratch draft
-CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continual training of the MTP head (the DeepSeek-R1 recipe)
+CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continued from a finished head: MTP (the DeepSeek-R1 recipe) and EAGLE-2
+VAL_PROMPTS="${VAL_PROMPTS:-6}" # validation tau at every checkpoint on this many eval prompts
+SAVE_EVERY="${SAVE_EVERY:-0}"   # also checkpoint + validate every N steps inside an epoch (the corpus: 400)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
 CONVERSATIONS="${CONVERSATIONS:-544}"  # self-distilled conversations (the shipped drafts: 544)
@@ -25,16 +29,30 @@ STORAGE="${STORAGE:-float32}"   # feature storage dtype (the shipped drafts: flo
 hass=".venv/bin/hass"
 mkdir -p "$RUN"
 step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
-# ship: bf16 copies of the four drafts (half the size; drafts run in bf16 anyway) into the package
+# ship: bf16 copies of the four drafts (half the size; drafts run in bf16 anyway) into the package: each
+# run's best validated head (best/, else the final draft/); the HASS EAGLE slot takes the better of
+# HASS from scratch and HASS continued from EAGLE-2 (by validation tau)
 ship() {
-    for d in eagle2:smollm2-135m-eagle2 hass:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp hass-mtp:smollm2-135m-hass-mtp; do
-        .venv/bin/python - "$RUN/${d%%:*}/draft" "hass_sglang/drafts/${d#*:}" <<'PY'
-import sys, torch
+    for d in eagle2:smollm2-135m-eagle2 hass,hass-from-eagle2:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp \
+             hass-mtp:smollm2-135m-hass-mtp; do
+        .venv/bin/python - "$RUN" "${d%%:*}" "hass_sglang/drafts/${d#*:}" <<'PY'
+import sys
+from pathlib import Path
+import torch
 from hass_sglang.checkpoint import load_draft, read_draft_metadata, save_draft
 from hass_sglang.target import load_target_config
+run, names, dest = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+def chosen(name):
+    folder = run / name / "best" if (run / name / "best").is_dir() else run / name / "draft"
+    return folder, (read_draft_metadata(folder).get("best") or {}).get("val_tau", 0.0)
+found = [chosen(n) for n in names if (run / n / "draft").is_dir()]
+if not found:
+    sys.exit(f"ship: no finished run among {names} in {run}")
+src = max(found, key=lambda f: f[1])[0]
+print(f"ship: {src} -> {dest}", file=sys.stderr)
 config = load_target_config("smollm2-135m-instruct")
-meta = {k: v for k, v in read_draft_metadata(sys.argv[1]).items() if k not in ("format_version", "head_type", "hot_vocab_size")}
-save_draft(load_draft(sys.argv[1], config), sys.argv[2], config, metadata=meta, dtype=torch.bfloat16)
+meta = {k: v for k, v in read_draft_metadata(src).items() if k not in ("format_version", "head_type", "hot_vocab_size")}
+save_draft(load_draft(src, config), dest, config, metadata={**meta, "shipped_from": str(src)}, dtype=torch.bfloat16)
 PY
     done
 }
@@ -84,14 +102,20 @@ step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length 384 --targe
 [ -z "${server:-}" ] || { kill -- -$server; trap - EXIT; }  # the CPU is the trainer's from here
 if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
-common=(--features "$FEATURES" --epochs "$EPOCHS" --lr "$LR" --batch-size 8 --warmup-steps 20 --val-prompts 6)
-step $hass train "${common[@]}" --head eagle --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/eagle2"
-step $hass train "${common[@]}" --head eagle --objective hass --draft-vocab "$VOCAB" --out "$RUN/hass"
-step $hass train "${common[@]}" --head mtp --objective eagle2 --draft-vocab "$VOCAB" --out "$RUN/mtp"
-step $hass train --features "$FEATURES" --epochs "$CONT_EPOCHS" --lr 3e-4 --batch-size 8 --val-prompts 6 \
-    --head mtp --objective hass --init-from "$RUN/mtp/draft" --out "$RUN/hass-mtp"
-# 5. evaluation: tau at T=0 and T=1 on the six eval sets, all drafts side by side
+common=(--features "$FEATURES" --batch-size 8 --val-prompts "$VAL_PROMPTS" --save-every "$SAVE_EVERY")
+scratch=("${common[@]}" --epochs "$EPOCHS" --lr "$LR" --warmup-steps 20 --draft-vocab "$VOCAB")
+cont=("${common[@]}" --epochs "$CONT_EPOCHS" --lr 3e-4 --objective hass)
+best() { if [ -d "$RUN/$1/best" ]; then echo "$RUN/$1/best"; else echo "$RUN/$1/draft"; fi; }
+step $hass train "${scratch[@]}" --head eagle --objective eagle2 --out "$RUN/eagle2"
+step $hass train "${scratch[@]}" --head eagle --objective hass --out "$RUN/hass"
+step $hass train "${scratch[@]}" --head mtp --objective eagle2 --out "$RUN/mtp"
+step $hass train "${cont[@]}" --head mtp --init-from "$(best mtp)" --out "$RUN/hass-mtp"
+# the reference recipe's HASS: continued from the EAGLE-2 head
+step $hass train "${cont[@]}" --head eagle --init-from "$(best eagle2)" --out "$RUN/hass-from-eagle2"
+if [ "${STOP_AFTER:-}" = train ]; then exit 0; fi
+# 5. evaluation: tau at T=0 and T=1 on the six eval sets, all drafts side by side (best validated heads)
 step .venv/bin/python benchmarks/bench_drafts.py --per-set 3 --max-new-tokens 64 --json "$RUN/tau.json" \
-    --drafts eagle2="$RUN/eagle2/draft" hass="$RUN/hass/draft" mtp="$RUN/mtp/draft" hass-mtp="$RUN/hass-mtp/draft" \
-    --compare hass:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
+    --drafts eagle2="$(best eagle2)" hass="$(best hass)" hass-from-eagle2="$(best hass-from-eagle2)" \
+    mtp="$(best mtp)" hass-mtp="$(best hass-mtp)" \
+    --compare hass:eagle2 hass-from-eagle2:eagle2 hass-mtp:mtp | tee "$RUN/tau.md"
 if [ "${SHIP:-0}" = 1 ]; then ship; fi

@@ -23,9 +23,11 @@ def cfg(feats, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("head, objective", [("eagle", "hass"), ("mtp", "eagle2")])
-def test_training_learns_and_exports_a_loadable_draft(tmp_path, target, feats, head, objective):
-    export = train(cfg(feats, tmp_path / "run", head=head, objective=objective, epochs=3), target, progress=False)
+@pytest.mark.parametrize("head, objective, precision", [("eagle", "hass", "auto"), ("mtp", "eagle2", "auto"),
+                                                        ("eagle", "hass", "bf16")])
+def test_training_learns_and_exports_a_loadable_draft(tmp_path, target, feats, head, objective, precision):
+    export = train(cfg(feats, tmp_path / "run", head=head, objective=objective, epochs=3, precision=precision), target,
+                   progress=False)
     meta = read_draft_metadata(export)
     hist = meta["history"]
     assert meta["objective"] == objective and len(hist) == 3
@@ -34,6 +36,19 @@ def test_training_learns_and_exports_a_loadable_draft(tmp_path, target, feats, h
     steps = 3 if objective == "hass" else 1
     assert f"step{steps}/top3" in hist[0] and ("step1/topk" in hist[0]) == (objective == "hass")
     assert load_draft(export, target.config).head_type == head
+
+
+def test_precision_bf16_runs_the_matmuls_in_bf16_on_cpu_and_auto_keeps_cpu_in_fp32():
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with trainer.autocast_for("bf16", cpu):
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        with trainer.autocast_for(precision, cpu):
+            assert torch.nn.functional.linear(x, w).dtype == torch.float32
+    assert isinstance(trainer.autocast_for("auto", cuda), torch.autocast)  # bf16 on GPUs, as before
+    with pytest.raises(Exception):
+        TrainConfig(features="f", out="o", precision="fp16")
 
 
 def test_killed_run_resumes_to_the_same_state(tmp_path, target, feats, monkeypatch):

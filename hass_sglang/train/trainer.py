@@ -70,7 +70,10 @@ class TrainConfig(BaseModel):
     warmup_steps: int = 0
     batch_size: int = 4  # sequences per step
     seed: int = 0
-    val_prompts: int = 0  # validation tau after every epoch on this many eval prompts (0 = off)
+    # forward and losses under autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 on a CPU uses its bf16
+    # matmuls (AMX / AVX-512 bf16); master weights and AdamW state stay fp32 either way
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    val_prompts: int = 0  # validation tau after every checkpoint on this many eval prompts (0 = off)
     val_max_new_tokens: int = 48
 
     @model_validator(mode="after")
@@ -84,6 +87,13 @@ class TrainConfig(BaseModel):
     @property
     def steps(self) -> int:
         return self.align_steps if self.objective == "hass" else 1
+
+
+def autocast_for(precision: str, dev: torch.device):
+    """The autocast context of a training step (fp32 master weights and optimizer state either way)."""
+    if precision == "bf16" or (precision == "auto" and dev.type == "cuda"):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _teacher(sample: dict, lm_weight: torch.Tensor, k: int) -> dict:
@@ -335,8 +345,7 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
                                  "scheduler": sched.state_dict(), "epoch": epochs_done, "step_in_epoch": step_in_epoch,
                                  "history": history, "curve": curve, "sums": sums, "window": window})
 
-    # bf16 autocast on CUDA (fp32 master weights and optimizer); CPU trains in fp32
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = autocast_for(cfg.precision, dev)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         order = features.order(cfg.seed, epoch)
