@@ -11,7 +11,7 @@
 #   RUN=/tmp/smoke CONVERSATIONS=16 EPOCHS=1 CONT_EPOCHS=1 SAVE_EVERY=1 VAL_PROMPTS=1 STORAGE=bfloat16 \
 #     STOP_AFTER=train bash scripts/train_drafts.sh                   # a smoke run of everything up to the five trainings
 #   CORPUS="data/smollm2-135m-instruct/answers.json.gz data/smollm2-135m-instruct/answers-2.json.gz" \
-#     RUN=runs/v3 EPOCHS=2 bash scripts/train_drafts.sh
+#     RUN=runs/v3 EPOCHS=2 MAX_LENGTH=768 STORAGE=bfloat16 SAVE_EVERY=400 bash scripts/train_drafts.sh
 #                                     # train on the committed corpus (scripts/build_corpus.sh), skipping steps 1-2
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,9 +22,11 @@ EPOCHS="${EPOCHS:-5}"          # epochs of every from-scratch draft
 CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continued from a finished head: MTP (the DeepSeek-R1 recipe) and EAGLE-2
 VAL_PROMPTS="${VAL_PROMPTS:-6}" # validation tau at every checkpoint on this many eval prompts
 SAVE_EVERY="${SAVE_EVERY:-0}"   # also checkpoint + validate every N steps inside an epoch (the corpus: 400)
+PRECISION="${PRECISION:-auto}"  # hass train --precision (auto: bf16 autocast on CUDA, fp32 on CPU)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
 CONVERSATIONS="${CONVERSATIONS:-544}"  # self-distilled conversations (the shipped drafts: 544)
+MAX_LENGTH="${MAX_LENGTH:-384}" # tokens per conversation in the features (the corpus: prompts <= 512 + answers <= 256 -> 768)
 STORAGE="${STORAGE:-float32}"   # feature storage dtype (the shipped drafts: float32; bfloat16 halves the bytes)
 hass=".venv/bin/hass"
 mkdir -p "$RUN"
@@ -97,12 +99,12 @@ else
 fi
 # 3. features: last hidden state + the target's top-10 next-token distribution per position
 # (fp32 storage: how the shipped drafts were made; STORAGE=bfloat16 halves the bytes, for the corpus)
-step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length 384 --target-dtype bfloat16 \
+step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length "$MAX_LENGTH" --target-dtype bfloat16 \
     --storage-dtype "$STORAGE" "${feat_engine[@]}"
 [ -z "${server:-}" ] || { kill -- -$server; trap - EXIT; }  # the CPU is the trainer's from here
 if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
-common=(--features "$FEATURES" --batch-size 8 --val-prompts "$VAL_PROMPTS" --save-every "$SAVE_EVERY")
+common=(--features "$FEATURES" --batch-size 8 --val-prompts "$VAL_PROMPTS" --save-every "$SAVE_EVERY" --precision "$PRECISION")
 scratch=("${common[@]}" --epochs "$EPOCHS" --lr "$LR" --warmup-steps 20 --draft-vocab "$VOCAB")
 cont=("${common[@]}" --epochs "$CONT_EPOCHS" --lr 3e-4 --objective hass)
 best() { if [ -d "$RUN/$1/best" ]; then echo "$RUN/$1/best"; else echo "$RUN/$1/draft"; fi; }
