@@ -338,6 +338,7 @@ def cmd_train(args) -> int:
         distill_topk=args.distill_topk, distill_weight=args.distill_weight, init_from=args.init_from,
         epochs=args.epochs, lr=args.lr, draft_vocab=args.draft_vocab, val_prompts=args.val_prompts,
         batch_size=args.batch_size, seed=args.seed, warmup_steps=args.warmup_steps, precision=args.precision,
+        length_grouped=not args.random_batches,
     )
     # validation decodes with the whole target; otherwise only its embedding and lm_head are read
     target = load_target(args.target) if args.val_prompts else load_target_parts(args.target)
@@ -515,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--random-batches", action="store_true",
+                   help="mix lengths at random in a batch (default: batches of similar lengths, little padding)")
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)

@@ -1,11 +1,16 @@
+import math
+import random
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hass_sglang.train.features as features
 from hass_sglang.train.data import convert
 from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import shared_data_dir
-from hass_sglang.train.features import FeatureConfig, extract_features, load_shard, read_manifest
+from hass_sglang.train.features import FeatureConfig, epoch_batches, extract_features, load_shard, read_manifest
 from hass_sglang.kv_cache import new_cache
 
 
@@ -107,3 +112,33 @@ def test_data_parallel_extraction_under_torchrun_equals_one_process(tmp_path, ta
     a, b = all_samples(tmp_path / "one", 576), all_samples(tmp_path / "two", 576)
     assert all(torch.equal(x["input_ids"], y["input_ids"]) and torch.allclose(x["hidden"], y["hidden"], atol=1e-4)
                for x, y in zip(a, b, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shard_sizes=st.lists(st.integers(0, 20), min_size=1, max_size=12), size=st.integers(1, 9),
+       window=st.integers(1, 5), seed=st.integers(0, 3), epoch=st.integers(0, 2))
+def test_epoch_batches_hold_every_sample_once_in_ceil_n_over_size_batches(shard_sizes, size, window, seed, epoch):
+    rng = random.Random(seed)
+    lengths = [[rng.randint(1, 700) for _ in range(n)] for n in shard_sizes]
+    keys = sorted((s, j) for s, n in enumerate(shard_sizes) for j in range(n))
+    for by_length in (True, False):
+        batches = epoch_batches(lengths, seed, epoch, size, window, by_length)
+        assert sorted(k for b in batches for k in b) == keys
+        assert len(batches) == math.ceil(len(keys) / size) and all(0 < len(b) <= size for b in batches)
+        assert sum(len(b) < size for b in batches) <= 1
+        assert batches == epoch_batches(lengths, seed, epoch, size, window, by_length)  # (seed, epoch) decide
+
+
+def test_length_grouped_batches_carry_little_padding_and_change_every_epoch():
+    rng = random.Random(0)
+    lengths = [[rng.randint(20, 768) for _ in range(64)] for _ in range(16)]
+
+    def padded_over_real(batches):
+        return sum(max(lengths[s][j] for s, j in b) * len(b) for b in batches) / sum(map(sum, lengths))
+
+    grouped, mixed = epoch_batches(lengths, 0, 0, 8, 4), epoch_batches(lengths, 0, 0, 8, 4, by_length=False)
+    assert padded_over_real(grouped) < 1.05 < 1.3 < padded_over_real(mixed)
+    assert epoch_batches(lengths, 0, 1, 8, 4) != grouped and epoch_batches(lengths, 1, 0, 8, 4) != grouped
+    # the batch order is shuffled, not shortest first
+    firsts = [max(lengths[s][j] for s, j in b) for b in grouped[:8]]
+    assert firsts != sorted(firsts)

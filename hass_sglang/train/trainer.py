@@ -69,6 +69,7 @@ class TrainConfig(BaseModel):
     grad_clip: float = 0.5
     warmup_steps: int = 0
     batch_size: int = 4  # sequences per step
+    length_grouped: bool = True  # batches of similar lengths (little padding; FeatureSet.batches)
     seed: int = 0
     # forward and losses under autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 on a CPU uses its bf16
     # matmuls (AMX / AVX-512 bf16); master weights and AdamW state stay fp32 either way
@@ -293,7 +294,7 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
     draft_lm_weight = head.draft_lm_head_weight(lm_weight)
     model = parallelize(AlignedDraft(head.train(), cfg.steps), parallel, dev)
     global_batch = cfg.batch_size * world
-    steps_per_epoch = math.ceil(len(features) / global_batch)
+    steps_per_epoch = math.ceil(len(features) / global_batch)  # FeatureSet.batches: one may be short
     total_steps = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
@@ -348,14 +349,14 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
     autocast = autocast_for(cfg.precision, dev)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        order = features.order(cfg.seed, epoch)
+        batches = features.batches(cfg.seed, epoch, global_batch, cfg.length_grouped)
         first = start_step if epoch == start_epoch else 0
         if first == 0:
             sums = {}
         bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0)
         for i in bar:
-            chunk = order[i * global_batch : (i + 1) * global_batch]
+            chunk = batches[i]
             mine = chunk[rank::world]
             scale = 1.0 if mine else 0.0  # a short last batch: a spare rank joins the collectives with weight 0
             samples = [_teacher(features.sample(*key), parts.lm_head_weight, cfg.distill_topk) for key in mine or chunk[:1]]
