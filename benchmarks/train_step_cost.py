@@ -1,11 +1,14 @@
-"""Cost of a `hass train` step on this host: fp32 against `--precision bf16`, per objective, side by side.
+"""Cost of a `hass train` epoch on this host, side by side: batches mixed at random in fp32 (how the
+shipped drafts were trained), batches grouped by length (`FeatureSet.batches`, the default now), and
+grouped with `--precision bf16`.
 
-Features of a few real GSM8K conversations are extracted once (or `--features` names a finished
-folder); then `train()` itself runs one epoch per configuration, the configurations taking turns
-`--rounds` times so that this machine's noise hits them alike. Printed: seconds per step (median
-over rounds), the bf16 / fp32 ratio, and the last-epoch loss of each (bf16 must still learn).
+Features come from conversations of the committed corpus (`--parts`: finished parts of
+`scripts/build_corpus.sh`, spread over its prompt lengths; answers written by the target) and are
+extracted once; then `train()` itself runs one epoch per configuration, the configurations taking
+turns `--rounds` times so that this machine's noise hits them alike. Printed: seconds per epoch
+(median over rounds), the ratio to the first configuration, and the epoch's loss (each must learn).
 
-  .venv/bin/python benchmarks/train_step_cost.py --conversations 32 --rounds 3
+  .venv/bin/python benchmarks/train_step_cost.py --parts 0 40 80 120 --rounds 2
 """
 
 from __future__ import annotations
@@ -18,53 +21,62 @@ from pathlib import Path
 import torch
 
 from hass_sglang.checkpoint import read_draft_metadata
-from hass_sglang.eval_sets import shared_data_dir
-from hass_sglang.target import EMBEDDED_TARGET, load_target_parts
-from hass_sglang.train.data import convert
-from hass_sglang.train.features import FeatureConfig, FeatureSet, extract_features
+from hass_sglang.io import write_json_atomic
+from hass_sglang.target import EMBEDDED_TARGET, load_target, load_target_parts
+from hass_sglang.train.features import FeatureConfig, extract_features
+from hass_sglang.train.regenerate import merged_conversations
 from hass_sglang.train.trainer import TrainConfig, train
+
+CORPUS_PARTS = Path(__file__).resolve().parents[1] / "data" / "smollm2-135m-instruct" / "answers.json.gz.parts"
+CONFIGS = {  # name: TrainConfig fields
+    "random fp32": dict(length_grouped=False, precision="fp32"),
+    "grouped fp32": dict(length_grouped=True, precision="fp32"),
+    "grouped bf16": dict(length_grouped=True, precision="bf16"),
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--features", help="a finished feature folder (default: extract --conversations GSM8K ones)")
-    p.add_argument("--conversations", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", type=int, nargs="+", default=[0, 40, 80, 120], help="corpus part numbers (64 each)")
+    p.add_argument("--per-part", type=int, default=16, help="conversations taken from each part")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--objectives", nargs="+", default=["eagle2", "hass"])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    target = load_target(dtype=torch.bfloat16)
+    files = [CORPUS_PARTS / f"part-{n:05d}.json.gz" for n in args.parts]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        p.error(f"no such corpus part: {', '.join(missing)} (scripts/build_corpus.sh writes them)")
+    convs = [c for f in files for c in merged_conversations([f], target.tokenizer, 256)[: args.per_part]]
     work = Path(tempfile.mkdtemp(prefix="train_step_cost-"))
-    feats = args.features
-    if feats is None:
-        from hass_sglang.target import load_target
-
-        convert(str(shared_data_dir() / "gsm8k" / "train.jsonl"), "gsm8k", work / "d.json", limit=args.conversations)
-        feats = str(work / "f")
-        extract_features(load_target(dtype=torch.bfloat16),
-                         FeatureConfig(data=str(work / "d.json"), target="smollm2", max_length=384), feats, progress=False)
+    write_json_atomic(work / "d.json", convs)
+    feats = str(work / "f")
+    extract_features(target, FeatureConfig(data=str(work / "d.json"), target=EMBEDDED_TARGET, max_length=768,
+                                           shard_size=args.per_part), feats, progress=False)
+    del target
     parts = load_target_parts(EMBEDDED_TARGET)
-    samples = len(FeatureSet(feats, int(parts.config.hidden_size)))
-    steps = -(-samples // args.batch_size)
-    configs = [(o, prec) for o in args.objectives for prec in ("fp32", "bf16")]
-    seconds: dict[tuple, list[float]] = {c: [] for c in configs}
+    seconds: dict[tuple, list[float]] = {}
     loss: dict[tuple, float] = {}
     for r in range(args.rounds):
-        for objective, precision in configs:
-            cfg = TrainConfig(features=feats, out=str(work / f"{objective}-{precision}-{r}"), objective=objective,
-                              precision=precision, batch_size=args.batch_size, draft_vocab=8192, lr=1e-3)
-            meta = read_draft_metadata(train(cfg, parts, progress=False))
-            seconds[(objective, precision)].append(meta["train_seconds_last_session"] / steps)
-            loss[(objective, precision)] = meta["history"][-1]["loss"]
-    print(f"\n{samples} conversations, batch {args.batch_size}, {steps} steps per epoch, {args.rounds} rounds, "
-          f"{args.threads} threads; {torch.__config__.parallel_info().splitlines()[0]}")
-    print("| objective | fp32 s/step | bf16 s/step | bf16 / fp32 | fp32 loss | bf16 loss |\n|---|---:|---:|---:|---:|---:|")
+        for objective in args.objectives:
+            for name, fields in CONFIGS.items():
+                cfg = TrainConfig(features=feats, out=str(work / f"{objective}-{name.replace(' ', '-')}-{r}"),
+                                  objective=objective, batch_size=args.batch_size, draft_vocab=8192, lr=1e-3, **fields)
+                meta = read_draft_metadata(train(cfg, parts, progress=False))
+                seconds.setdefault((objective, name), []).append(meta["train_seconds_last_session"])
+                loss[(objective, name)] = meta["history"][-1]["loss"]
+    print(f"\n{len(convs)} conversations from corpus parts {args.parts}, batch {args.batch_size}, {args.rounds} rounds, "
+          f"{args.threads} threads")
+    base = next(iter(CONFIGS))
+    print("| objective | batches, precision | s / epoch | vs " + base + " | loss |\n|---|---|---:|---:|---:|")
     for objective in args.objectives:
-        f32 = statistics.median(seconds[(objective, "fp32")])
-        b16 = statistics.median(seconds[(objective, "bf16")])
-        print(f"| {objective} | {f32:.3f} | {b16:.3f} | {b16 / f32:.2f} | {loss[(objective, 'fp32')]:.3f} | "
-              f"{loss[(objective, 'bf16')]:.3f} |")
+        ref = statistics.median(seconds[(objective, base)])
+        for name in CONFIGS:
+            t = statistics.median(seconds[(objective, name)])
+            print(f"| {objective} | {name} | {t:.1f} | {ref / t:.2f}x | {loss[(objective, name)]:.3f} |")
 
 
 if __name__ == "__main__":

@@ -212,9 +212,19 @@ def regenerate(source, cfg: RegenerateConfig, out: str | Path, progress: bool = 
         bar.update()
     bar.close()
 
+    merged = merged_conversations([part_file(parts, b) for b in range(len(batches))], tokenizer, max_new_tokens, report)
+    write_json_atomic(out, merged)
+    return report
+
+
+def merged_conversations(part_files, tokenizer, max_new_tokens: int,
+                         report: RegenerationReport | None = None) -> list[dict]:
+    """The finished parts' conversations (prompt + the target's answer) as ShareGPT records, in
+    order; empty answers are dropped and counted in `report`."""
+    report = report if report is not None else RegenerationReport()
     merged = []
-    for b in range(len(batches)):
-        for row in read_json(part_file(parts, b)):
+    for path in part_files:
+        for row in read_json(path):
             if "answer_ids" in row:  # transformers: token ids, decoded here
                 text = tokenizer.decode(row["answer_ids"], skip_special_tokens=True).strip()
                 tokens, cut = len(row["answer_ids"]), len(row["answer_ids"]) >= max_new_tokens
@@ -228,5 +238,4 @@ def regenerate(source, cfg: RegenerateConfig, out: str | Path, progress: bool = 
             report.hit_max_new_tokens += cut
             conv = Conversation(row["id"], row["messages"] + [{"role": "assistant", "content": text}])
             merged.append(conv.to_sharegpt())
-    write_json_atomic(out, merged)
-    return report
+    return merged
