@@ -51,60 +51,50 @@ def test_precision_bf16_runs_the_matmuls_in_bf16_on_cpu_and_auto_keeps_cpu_in_fp
         TrainConfig(features="f", out="o", precision="fp16")
 
 
-def test_killed_run_resumes_to_the_same_state(tmp_path, target, feats, monkeypatch):
-    full = train(cfg(feats, tmp_path / "full"), target, progress=False)
-    real = trainer.batch_loss
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # first step of epoch 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer, "batch_loss", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(feats, tmp_path / "resumed"), target, progress=False)
-    monkeypatch.setattr(trainer, "batch_loss", real)
-    resumed = train(cfg(feats, tmp_path / "resumed"), target, progress=False)
-    a, b = load_draft(full, target.config).state_dict(), load_draft(resumed, target.config).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_draft_metadata(full)["history"] == read_draft_metadata(resumed)["history"]
+TRAIN_KW = dict(epochs=2, batch_size=2, val_prompts=1, val_max_new_tokens=8)  # 8 samples: 4 steps per epoch
 
 
-def test_a_run_killed_between_checkpoints_inside_an_epoch_resumes_to_the_same_weights_and_curve(
-        tmp_path, target, feats, monkeypatch):
-    """save_every checkpoints inside an epoch: a run killed after one resumes mid-epoch to the weights,
-    history and curve of an uninterrupted run, and the cadence never changes the weights. With
-    validation, every point carries a tau and the best head is exported to best/."""
-    kw = dict(epochs=2, batch_size=2, val_prompts=1, val_max_new_tokens=8)  # 4 steps per epoch
-    every_epoch = train(cfg(feats, tmp_path / "epochs", **kw), target, progress=False)
-    full = train(cfg(feats, tmp_path / "full", **kw), target, progress=False, save_every=3)
+def _killed_then_resumed(feats, out, target, monkeypatch, die_at: int, **kw):
+    """A run interrupted at its `die_at`-th step (KeyboardInterrupt), then re-run to the end: the
+    checkpoint the interrupted run left, and the export."""
     real, calls = trainer.batch_loss, {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 4:  # after the checkpoint at step 3 of epoch 1
+        if calls["n"] == die_at:
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(trainer, "batch_loss", dying)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(feats, tmp_path / "resumed", **kw), target, progress=False, save_every=3)
-    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
-    assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
+        train(cfg(feats, out, **TRAIN_KW), target, progress=False, **kw)
+    left = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert not (out / "draft").exists()
     monkeypatch.setattr(trainer, "batch_loss", real)
-    resumed = train(cfg(feats, tmp_path / "resumed", **kw), target, progress=False, save_every=3)
+    return left, train(cfg(feats, out, **TRAIN_KW), target, progress=False, **kw)
 
-    weights = [load_draft(d, target.config).state_dict() for d in (every_epoch, full, resumed)]
+
+def test_killed_runs_resume_from_epoch_and_mid_epoch_checkpoints_to_the_same_weights_and_curve(
+        tmp_path, target, feats, monkeypatch):
+    """Killed at the first step of epoch 2 (after an epoch checkpoint), or after a `save_every`
+    checkpoint inside epoch 1: both resume to the weights and history of an uninterrupted run (the
+    cadence never changes the weights) and to its curve. Every point carries a validation tau and
+    the best head is exported to best/."""
+    full = train(cfg(feats, tmp_path / "full", **TRAIN_KW), target, progress=False, save_every=3)
+    left, epochs = _killed_then_resumed(feats, tmp_path / "epochs", target, monkeypatch, die_at=5)
+    assert (left["epoch"], left["step_in_epoch"]) == (1, 0)
+    left, resumed = _killed_then_resumed(feats, tmp_path / "resumed", target, monkeypatch, die_at=4, save_every=3)
+    assert (left["epoch"], left["step_in_epoch"]) == (0, 3)
+
+    weights = [load_draft(d, target.config).state_dict() for d in (full, epochs, resumed)]
     assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
     meta_full, meta_resumed = read_draft_metadata(full), read_draft_metadata(resumed)
-    assert meta_full["history"] == meta_resumed["history"] == read_draft_metadata(every_epoch)["history"]
+    assert meta_full["history"] == meta_resumed["history"] == read_draft_metadata(epochs)["history"]
     assert meta_full["curve"] == meta_resumed["curve"]
     curve = meta_full["curve"]
     assert [p["step"] for p in curve] == [3, 4, 7, 8] and [p["epoch"] for p in curve] == [0.75, 1.0, 1.75, 2.0]
     assert all(p["val_tau"] >= 1.0 and "loss" in p for p in curve)
-    assert [p["step"] for p in read_draft_metadata(every_epoch)["curve"]] == [4, 8]
+    assert [p["step"] for p in read_draft_metadata(epochs)["curve"]] == [4, 8]
     # the epoch-end points' taus are the history's, and the best point's head is the one in best/
     assert [h["val_tau"] for h in meta_full["history"]] == [curve[1]["val_tau"], curve[3]["val_tau"]]
     best = max(curve, key=lambda p: p["val_tau"])
