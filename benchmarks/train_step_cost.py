@@ -8,7 +8,7 @@ extracted once; then `train()` itself runs one epoch per configuration, the conf
 turns `--rounds` times so that this machine's noise hits them alike. Printed: seconds per epoch
 (median over rounds), the ratio to the first configuration, and the epoch's loss (each must learn).
 
-  .venv/bin/python benchmarks/train_step_cost.py --parts 0 40 80 120 --rounds 2
+  .venv/bin/python benchmarks/train_step_cost.py --parts 0 30 60 90 --rounds 2
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CONFIGS = {  # name: TrainConfig fields
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", type=int, nargs="+", default=[0, 40, 80, 120], help="corpus part numbers (64 each)")
+    p.add_argument("--parts", type=int, nargs="+", default=[0, 30, 60, 90], help="corpus part numbers (64 each)")
     p.add_argument("--per-part", type=int, default=16, help="conversations taken from each part")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)

@@ -97,7 +97,14 @@ def test_data_parallel_extraction_under_torchrun_equals_one_process(tmp_path, ta
     from pathlib import Path
 
     cfg = FeatureConfig(data=str(small_data), target="smollm2-135m-instruct", max_length=128, shard_size=2, batch_tokens=256)
-    one = extract_features(target, cfg, tmp_path / "one", progress=False)
+    # one thread, as each rank below: 1 and 2 threads reduce in different orders, and a last-bit fp32
+    # difference can round to a different bf16 value (the storage dtype), 1 ulp = 0.0078 at the hidden's scale
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = extract_features(target, cfg, tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "PYTHONPATH": str(Path(features.__file__).resolve().parents[1])}  # this checkout's code
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "hass_sglang.cli", "features", "--data", str(small_data), "--out", str(tmp_path / "two"),
