@@ -23,6 +23,7 @@ CONT_EPOCHS="${CONT_EPOCHS:-2}" # HASS continued from a finished head: MTP (the 
 VAL_PROMPTS="${VAL_PROMPTS:-6}" # validation tau at every checkpoint on this many eval prompts
 SAVE_EVERY="${SAVE_EVERY:-0}"   # also checkpoint + validate every N steps inside an epoch (the corpus: 400)
 PRECISION="${PRECISION:-auto}"  # hass train --precision (auto: bf16 autocast on CUDA, fp32 on CPU)
+RANDOM_BATCHES="${RANDOM_BATCHES:-0}"  # 1: hass train --random-batches (how the shipped drafts were trained)
 VOCAB="${VOCAB:-8192}"          # reduced draft vocabulary
 LR="${LR:-1e-3}"
 CONVERSATIONS="${CONVERSATIONS:-544}"  # self-distilled conversations (the shipped drafts: 544)
@@ -105,6 +106,7 @@ step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length "$MAX_LENGT
 if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
 common=(--features "$FEATURES" --batch-size 8 --val-prompts "$VAL_PROMPTS" --save-every "$SAVE_EVERY" --precision "$PRECISION")
+[ "$RANDOM_BATCHES" = 1 ] && common+=(--random-batches)
 scratch=("${common[@]}" --epochs "$EPOCHS" --lr "$LR" --warmup-steps 20 --draft-vocab "$VOCAB")
 cont=("${common[@]}" --epochs "$CONT_EPOCHS" --lr 3e-4 --objective hass)
 best() { if [ -d "$RUN/$1/best" ]; then echo "$RUN/$1/best"; else echo "$RUN/$1/draft"; fi; }
