@@ -106,7 +106,7 @@ step $hass features --data "$ANSWERS" --out "$FEATURES" --max-length "$MAX_LENGT
 if [ "${STOP_AFTER:-}" = features ]; then exit 0; fi  # a smoke run of the data half
 # 4. training: EAGLE-2 objective vs HASS, EAGLE head; plain MTP, then MTP continued with HASS
 common=(--features "$FEATURES" --batch-size 8 --val-prompts "$VAL_PROMPTS" --save-every "$SAVE_EVERY" --precision "$PRECISION")
-[ "$RANDOM_BATCHES" = 1 ] && common+=(--random-batches)
+if [ "$RANDOM_BATCHES" = 1 ]; then common+=(--random-batches); fi
 scratch=("${common[@]}" --epochs "$EPOCHS" --lr "$LR" --warmup-steps 20 --draft-vocab "$VOCAB")
 cont=("${common[@]}" --epochs "$CONT_EPOCHS" --lr 3e-4 --objective hass)
 best() { if [ -d "$RUN/$1/best" ]; then echo "$RUN/$1/best"; else echo "$RUN/$1/draft"; fi; }
