@@ -279,6 +279,8 @@ def train(cfg: TrainConfig, target: Target | TargetParts, progress: bool = True,
         claim_run_settings(out / "train_config.json", settings, HassError)
 
     features = FeatureSet(cfg.features, int(parts.config.hidden_size))
+    if len(features) == 0:
+        raise HassError(f"{cfg.features} holds no samples: nothing to train on")
     head = _initial_head(cfg, parts, features).float()
     template = copy.deepcopy(head) if rank == 0 else None  # rank 0 rebuilds the full head from states
     head.to(dev)
