@@ -286,9 +286,8 @@ def epoch_batches(lengths: list[list[int]], seed: int, epoch: int, size: int, wi
     """An epoch's batches of at most `size` (shard, sample) keys, a function of (seed, epoch);
     `lengths[s][j]`: tokens of sample j of shard s. Shards are shuffled and taken `window` at a time
     (a few files open at once); with `by_length`, a window's samples sorted by length are cut into
-    batches (little padding: on the corpus's first 91 parts, batches of 8 mixed at random hold 1.36x
-    the real tokens, grouped 1.02x) whose order is shuffled; without, the samples are shuffled and
-    cut in order. Either way every sample is in exactly one batch and an epoch has
+    batches (little padding; what it saves: benchmarks/train_step_cost.py) whose order is shuffled;
+    without, the samples are shuffled and cut in order. Either way every sample is in exactly one batch and an epoch has
     ceil(samples / size) batches."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     shards = torch.randperm(len(lengths), generator=g).tolist()
