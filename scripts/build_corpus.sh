@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=data/smollm2-135m-instruct
 regen=(--batch-size 64 --concurrency 64 --max-new-tokens 256 --target-dtype bfloat16)
-# 1. 10,200 prompts (~1.85M answer tokens)
+# 1. 10,200 prompts (9,827 answered: 1.91M answer tokens)
 .venv/bin/hass corpus --out "$out/prompts.json" --max-per-source sharegpt=5000 gsm8k=2600 code_alpaca=2600
 .venv/bin/hass regenerate --serve --data "$out/prompts.json" --out "$out/answers.json.gz" "${regen[@]}" "$@"
-# 2. 800 more (-> past 2M answer tokens), none of part 1's (a second file: new prompts in the first would reorder its batches
+# 2. 800 more (765 answered, 0.15M tokens: 2.07M in all), none of part 1's (a second file: new prompts in the first would reorder its batches
 # and invalidate its finished parts); training reads both answer files
 .venv/bin/hass corpus --out "$out/prompts-2.json" --exclude "$out/prompts.json" \
     --max-per-source sharegpt=500 gsm8k=150 code_alpaca=150
