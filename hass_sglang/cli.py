@@ -12,6 +12,7 @@
   hass regenerate    self-distillation: the target rewrites the answers (ShareGPT JSON -> ShareGPT JSON)
   hass features      ShareGPT JSON -> target features (sharded safetensors + manifest, resumable)
   hass train         EAGLE-2 / HASS training of an EAGLE or MTP head on features (resumable)
+  hass curves        validation curves of training runs or drafts: a table and a PNG (also while training)
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def cmd_serve(args) -> int:
 def cmd_calibrate(args) -> int:
     from hass_sglang.bench.calibrate import CPU_CANDIDATES, calibrate, save_calibration, speed_table
     from hass_sglang.drafts import resolve_draft
+    from hass_sglang.serving.server import cpu_threads
     from hass_sglang.eval_sets import EVAL_SETS, load_questions
     from hass_sglang.target import load_target, resolve_target
 
@@ -125,7 +127,7 @@ def cmd_calibrate(args) -> int:
     target = load_target(args.target)
     prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=args.per_set)]
     cal, rows = calibrate(model, str(choice.path), prompts, trees=args.trees or CPU_CANDIDATES, dtype=args.dtype,
-                          threads=args.threads, max_tokens=args.max_tokens)
+                          threads=args.threads or cpu_threads(), max_tokens=args.max_tokens)
     print("\n" + speed_table(rows) + "\n")
     print(f"best: tree {cal.tree}, {cal.dtype}, {cal.threads} thread(s): {cal.hass_tok_s:.2f} tok/s = "
           f"{cal.speedup:.2f}x plain ({cal.plain_tok_s:.2f} tok/s), accept length {cal.accept_length}; {cal.cpu}")
@@ -320,6 +322,27 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_curves(args) -> int:
+    from hass_sglang.bench.plots import plot_training_curves
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.train.curves import curve_table, read_curve
+
+    curves = []
+    for item in args.runs:
+        folder = Path(item) if Path(item).is_dir() else resolve_draft(item).path
+        if folder is None:
+            raise HassError(f"curves: {item!r} is neither a folder nor a shipped draft")
+        curves.append(read_curve(folder, name=Path(item).name))
+    print(curve_table(curves))
+    for c in curves:
+        best = c.best
+        print(f"{c.name}: {len(c.points)} points from {c.source}; best val tau "
+              + (f"{best['val_tau']:.2f} at epoch {best['epoch']:.2f}" if best else "- (not validated)"))
+    if args.out and plot_training_curves(curves, Path(args.out)):
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -402,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--trees", nargs="+", help="candidate 'steps topk draft_tokens' (default: "
                     "hass_sglang.bench.calibrate.CPU_CANDIDATES)")
     cb.add_argument("--dtype", default=None, help="default: bfloat16 on AMX hosts, else float32")
-    cb.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the servers (hass serve's default: 1)")
+    cb.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the servers (default: hass serve's, "
+                    "OMP_NUM_THREADS when set, else the cores this process may use)")
     cb.add_argument("--per-set", type=int, default=1, help="questions per eval set")
     cb.add_argument("--max-tokens", type=int, default=48)
     cb.add_argument("--no-save", dest="save", action="store_false", help="measure and print only")
@@ -529,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dry_run_args(t)
     t.add_argument("--max-length", type=int, default=2048, help="with --dry-run: tokens per sequence of the features")
     t.set_defaults(func=cmd_train)
+
+    cv = sub.add_parser("curves", help="validation curves of training runs (--out folders) or drafts: table + PNG")
+    cv.add_argument("runs", nargs="+", help="hass train --out folders (also while training), draft folders or shipped names")
+    cv.add_argument("--out", help="write the plot here (PNG)")
+    cv.set_defaults(func=cmd_curves)
     return p
 
 

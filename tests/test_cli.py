@@ -63,6 +63,20 @@ def test_serve_command_line_is_sglang_launch_server_with_hass():
     assert "--speculative-algorithm" not in gpu and "--device" not in gpu
 
 
+def test_a_cpu_server_gets_a_thread_per_usable_core_unless_omp_num_threads_is_set():
+    import os
+
+    from hass_sglang.serving.server import ServerSpec, cpu_threads
+
+    spec = ServerSpec("/m", "/d", device="cpu", port=1)
+    cores = len(os.sched_getaffinity(0))
+    assert spec.env({"PATH": "/bin"})["OMP_NUM_THREADS"] == str(cores) == str(cpu_threads({}))
+    assert spec.env({"OMP_NUM_THREADS": "1"})["OMP_NUM_THREADS"] == "1"  # a user's (or the test suite's) choice
+    assert spec.env({"OMP_NUM_THREADS": ""})["OMP_NUM_THREADS"] == str(cores)
+    assert spec.env({})["SGLANG_USE_CPU_ENGINE"] == "1"
+    assert "OMP_NUM_THREADS" not in ServerSpec("/m", "/d", device="cuda", port=1).env({})
+
+
 def test_bench_is_a_subcommand_of_hass():
     r = run("--help")
     assert r.returncode == 0 and "bench" in r.stdout and "serving benchmarks" in r.stdout

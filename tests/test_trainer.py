@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import hass_sglang.train.trainer as trainer
 from hass_sglang.checkpoint import load_draft, read_draft_metadata
+from hass_sglang.train.curves import read_curve
 from hass_sglang.train.data import convert
 from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import shared_data_dir
@@ -70,6 +74,8 @@ def _killed_then_resumed(feats, out, target, monkeypatch, die_at: int, **kw):
         train(cfg(feats, out, **TRAIN_KW), target, progress=False, **kw)
     left = torch.load(out / "checkpoint.pt", weights_only=False)
     assert not (out / "draft").exists()
+    watched = read_curve(out)  # `hass curves` on a run still training: its checkpoint's curve
+    assert watched.source.endswith("checkpoint.pt") and list(watched.points) == left["curve"]
     monkeypatch.setattr(trainer, "batch_loss", real)
     return left, train(cfg(feats, out, **TRAIN_KW), target, progress=False, **kw)
 
@@ -100,6 +106,14 @@ def test_killed_runs_resume_from_epoch_and_mid_epoch_checkpoints_to_the_same_wei
     best = max(curve, key=lambda p: p["val_tau"])
     assert meta_full["best"] == {k: best[k] for k in ("step", "epoch", "val_tau")}
     assert read_draft_metadata(tmp_path / "full" / "best")["best"] == meta_full["best"]
+    finished = read_curve(tmp_path / "full")
+    assert list(finished.points) == curve and finished.best == best
+    # `hass curves`: a finished run and a shipped draft (per-epoch history only) -> table + PNG
+    png = tmp_path / "curves.png"
+    shown = subprocess.run([sys.executable, "-m", "hass_sglang.cli", "curves", str(tmp_path / "full"),
+                            "smollm2-135m-hass-eagle", "--out", str(png)], capture_output=True, text=True, check=True).stdout
+    assert f"| full | {best['step']} | {best['epoch']:.2f} |" in shown and f"{best['val_tau']:.2f} * |" in shown
+    assert "smollm2-135m-hass-eagle: " in shown and "best val tau" in shown and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(HassError, match="save_every"):
         train(cfg(feats, tmp_path / "bad"), target, progress=False, save_every=-1)
 

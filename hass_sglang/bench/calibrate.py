@@ -36,8 +36,9 @@ def cpu_serve_settings(model: str, draft: str | None, dtype: str | None, tree: s
     dtype = dtype or default_cpu_dtype()
     if tree or draft is None:
         return dtype, TreeShape.parse(tree) if tree else None, None
-    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    cal = load_calibration(model, draft, dtype, threads)
+    from hass_sglang.serving.server import cpu_threads
+
+    cal = load_calibration(model, draft, dtype, cpu_threads())
     if cal is None:
         return dtype, CPU_TREE, f"tree {CPU_TREE.spec} (the CPU default; `hass calibrate` measures the best on this host)"
     return dtype, TreeShape.parse(cal.tree), (f"tree {cal.tree} (calibrated on this host {cal.measured_at}: "

@@ -3,6 +3,7 @@
 speedup.png      speedup over the baseline per dataset and Mean, one bar per method, one panel per T
 accept_length.png  per-request accept length (SGLang's, seed 002's τ) per dataset, one panel per T
 concurrency.png  throughput and latency p50/p95 vs concurrency (only with more than one concurrency)
+`plot_training_curves`: validation tau and training top-1 of draft training runs vs epoch (`hass curves`)
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_speedup(summary: dict, path: Path) -> Path | None:
@@ -42,10 +50,7 @@ def plot_speedup(summary: dict, path: Path) -> Path | None:
         ax.set_title(f"T={t:g}, concurrency {c}")
         ax.set_ylabel(f"speedup over {summary['baseline']}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_accept_length(summary: dict, raw: dict, path: Path) -> Path | None:
@@ -85,10 +90,7 @@ def plot_accept_length(summary: dict, raw: dict, path: Path) -> Path | None:
         ax.set_title(f"T={t:g}, concurrency {c}")
         ax.set_ylabel("accept length τ per request (tokens / verify step)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_concurrency(summary: dict, path: Path) -> Path | None:
@@ -116,10 +118,7 @@ def plot_concurrency(summary: dict, path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(summary: dict, raw: dict, plots_dir: Path) -> list[Path]:
@@ -128,3 +127,29 @@ def write_plots(summary: dict, raw: dict, plots_dir: Path) -> list[Path]:
     made = [plot_speedup(summary, plots_dir / "speedup.png"), plot_accept_length(summary, raw, plots_dir / "accept_length.png"),
             plot_concurrency(summary, plots_dir / "concurrency.png")]
     return [p for p in made if p is not None]
+
+
+def plot_training_curves(curves: list, path: Path) -> Path | None:
+    """Validation tau and training step-1 top-1 vs epoch, one line per run (train.curves.TrainingCurve);
+    the best validated point of each run is circled."""
+    if not any(c.points for c in curves):
+        return None
+    plt = _plt()
+    fig, (ax_tau, ax_top1) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, c in enumerate(curves):
+        label = c.name + (" (continued)" if c.init_from else "")
+        val = [p for p in c.points if "val_tau" in p]
+        if val:
+            ax_tau.plot([p["epoch"] for p in val], [p["val_tau"] for p in val], marker="o", color=f"C{i}", label=label)
+            ax_tau.scatter([c.best["epoch"]], [c.best["val_tau"]], s=160, facecolors="none", edgecolors=f"C{i}")
+        top1 = [p for p in c.points if "step1/top1" in p]
+        if top1:
+            ax_top1.plot([p["epoch"] for p in top1], [p["step1/top1"] for p in top1], marker=".", color=f"C{i}",
+                         label=label)
+    for ax, label in ((ax_tau, "validation τ (16-token tree, T=0)"),
+                      (ax_top1, "training top-1 of the first draft step")):
+        ax.set_xlabel("epochs of the run")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
