@@ -7,7 +7,11 @@ Markdown: tau per set and mean for each draft and temperature, the ratios of nam
 
   .venv/bin/python benchmarks/bench_drafts.py \\
       --drafts eagle2=hass_sglang/drafts/smollm2-135m-eagle2 hass=hass_sglang/drafts/smollm2-135m-hass-eagle \\
-      --compare hass:eagle2 --per-set 4 --max-new-tokens 80
+      --compare hass:eagle2 --per-set 4 --max-new-tokens 80 --journal runs/tau.jsonl
+
+With --journal a killed run resumes where it stopped (each prompt's results are appended as it
+ends; the key names the drafts' fingerprints, tree, dtype, sampling and seed). A resumed run's
+tokens/s mix sessions, though each prompt's methods still ran back to back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from hass_sglang.checkpoint import draft_fingerprint
 from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS
 from hass_sglang.evaluate import add_tree_args, eval_prompts, run_side_by_side, summarize, tree_from_args
@@ -42,12 +47,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw summaries here")
+    p.add_argument("--journal", help="append each finished prompt to this JSONL; a re-run with the same drafts and "
+                                     "settings resumes from it (long runs, sessions end)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     tree = tree_from_args(args).check_fits()
     target = load_target(args.target, dtype=dtype_from_name(args.target_dtype))
-    decoders = {}
+    decoders, fingerprints = {}, {}
     for item in args.drafts:
         name, _, folder = item.partition("=")
         if not folder:
@@ -56,6 +63,8 @@ def main(argv=None) -> int:
         if head is None:
             p.error(f"--drafts {item!r}: name a draft (a folder, a shipped name or random), not none")
         decoders[name] = SpeculativeDecoder(target, head, tree)
+        path = resolve_draft(folder).path
+        fingerprints[name] = draft_fingerprint(path) if path is not None else folder
     for pair in args.compare:
         a, _, b = pair.partition(":")
         if a not in decoders or b not in decoders:
@@ -65,7 +74,10 @@ def main(argv=None) -> int:
           f"verification specinfer at T>0", flush=True)
     raw = {}
     for temp in args.temperatures:
-        runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens, make_sampling(temp), args.seed)
+        key = {"target": target.path.name, "dtype": args.target_dtype, "tree": str(tree), "drafts": fingerprints,
+               "threads": args.threads}
+        runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens, make_sampling(temp), args.seed,
+                                journal=args.journal, journal_key=key)
         rows = summarize(runs)
         raw[str(temp)] = [r.__dict__ | {"tau": r.tau, "tokens_per_second": r.tokens_per_second} for r in rows]
         cols = [*args.sets, "mean"]

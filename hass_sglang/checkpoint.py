@@ -29,6 +29,7 @@ layer shapes, missing / unexpected / mis-shaped keys, tied embeddings. Nothing l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -413,3 +414,16 @@ def convert_draft(src: str | Path, out_dir: str | Path, target_config, full_voca
 def read_draft_metadata(folder: str | Path) -> dict:
     config = json.loads((Path(folder) / "config.json").read_text())
     return dict(config.get("hass") or {})
+
+
+def draft_fingerprint(folder: str | Path) -> str:
+    """Config text + names and sizes of the weight files: a retrained draft gets a new one (keys of
+    calibrations and evaluation journals)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.name == "config.json":
+            h.update(p.read_bytes())
+        elif p.suffix in (".safetensors", ".bin", ".pt"):
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return h.hexdigest()[:16]

@@ -8,12 +8,15 @@ machine affects them alike; tokens/s are totals over the run (throughput at batc
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
+from hass_sglang.io import RecordWriter, read_records
 from hass_sglang.vanilla import GenerationResult, generate_vanilla
 from hass_sglang.sampling import SamplingParams
 from hass_sglang.speculative import SpeculativeDecoder
@@ -87,12 +90,31 @@ def run_side_by_side(
     sampling: SamplingParams | None = None,
     seed: int = 0,
     progress: bool = True,
+    journal: str | Path | None = None,
+    journal_key: dict | None = None,
 ) -> list[PromptRun]:
     """Vanilla and every decoder (optionally with its verification method) on each prompt in turn.
-    At T > 0 every method gets its own generator seeded with `seed` + prompt index."""
+    At T > 0 every method gets its own generator seeded with `seed` + prompt index.
+
+    With `journal` (a JSONL file), every finished prompt is appended as it ends, and a later call
+    with the same settings reuses the prompts already there instead of decoding them again: a long
+    benchmark resumes after a kill, each prompt decoded and counted once. The settings are the
+    methods, prompt, token budget, sampling and seed, plus `journal_key` (what else makes results
+    comparable: the drafts' fingerprints, tree, dtype)."""
+    key = json.loads(json.dumps({
+        **(journal_key or {}), "methods": ["vanilla", *decoders], "max_new_tokens": max_new_tokens, "seed": seed,
+        "sampling": (sampling or SamplingParams()).model_dump()}))
+    done = {(r["index"], r["eval_set"], r["question_id"], tuple(r["prompt"])): r["results"]
+            for r in (read_records(journal) if journal else []) if r["key"] == key}
+    writer = RecordWriter(journal) if journal else None
     runs = []
     for i, (eval_set, qid, ids) in enumerate(tqdm(prompts, desc="prompts", disable=not progress)):
         run = PromptRun(eval_set, qid, len(ids))
+        stored = done.get((i, eval_set, qid, tuple(ids)))
+        if stored is not None:
+            run.results = {m: GenerationResult(**r) for m, r in stored.items()}
+            runs.append(run)
+            continue
         gen = torch.Generator().manual_seed(seed + i)
         run.results["vanilla"] = generate_vanilla(target, ids, max_new_tokens, sampling, gen)
         for name, spec in decoders.items():
@@ -100,6 +122,11 @@ def run_side_by_side(
             gen = torch.Generator().manual_seed(seed + i)
             run.results[name] = dec.generate(ids, max_new_tokens, sampling, verify=method, generator=gen)
         runs.append(run)
+        if writer is not None:
+            writer.write({"key": key, "index": i, "eval_set": eval_set, "question_id": qid, "prompt": list(ids),
+                          "results": {m: asdict(r) for m, r in run.results.items()}})
+    if writer is not None:
+        writer.close()
     return runs
 
 

@@ -4,6 +4,8 @@ Every artifact (converted models, drafts, feature shards, manifests, checkpoints
 summaries) is written to a temporary sibling and renamed into place; a reader sees the old
 version or the new one, never a torn one. Resumable steps also record the settings they run
 with (`claim_run_settings`): a re-run with other settings into the same output is refused.
+Append-only logs (benchmark records, evaluation journals) are JSONL written one flushed line at a
+time (`RecordWriter`, `read_records`): a kill can only tear the last line, which is dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+from hass_sglang.errors import HassError
 
 
 def cache_dir() -> Path:
@@ -125,3 +129,42 @@ def claim_run_settings(path: str | Path, settings: dict, error: Callable[[str], 
                     "settings); use a new output or the same settings")
     if write:
         write_json_atomic(path, settings, indent=1)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Records of an append-only JSONL file (`RecordWriter`); a torn last line (killed mid-write) is
+    ignored, anything else is an error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # no trailing newline: the last write was cut
+                break
+            raise HassError(f"{path}:{lineno}: corrupt record ({exc.msg})") from exc
+    return out
+
+
+class RecordWriter:
+    """Append-only JSONL: one complete line per write, flushed (a torn line can only be the last)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size and not (data := path.read_bytes()).endswith(b"\n"):
+            with path.open("r+b") as fh:  # a previous run was killed mid-line: drop the torn line
+                fh.truncate(data.rfind(b"\n") + 1)
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()

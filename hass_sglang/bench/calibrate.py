@@ -12,7 +12,6 @@ host, target, draft and dtype serves with that tree.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hass_sglang.checkpoint import draft_fingerprint
 from hass_sglang.errors import HassError
 from hass_sglang.io import cache_dir, read_json, write_json_atomic
 from hass_sglang.tree import CPU_CANDIDATES as CPU_CANDIDATE_TREES
@@ -71,22 +71,10 @@ def default_cpu_dtype(features: dict | None = None) -> str:
     return "bfloat16" if (features or cpu_features())["amx_bf16"] else "float32"
 
 
-def _fingerprint(folder: str | Path) -> str:
-    """Config text + names and sizes of the weight files: a retrained draft gets a new key."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.name == "config.json":
-            h.update(p.read_bytes())
-        elif p.suffix in (".safetensors", ".bin", ".pt"):
-            h.update(f"{p.name}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
 def host_key(target: str | Path, draft: str | Path, dtype: str, threads: int) -> str:
     f = cpu_features()
     return json.dumps({**f, "cores": os.cpu_count(), "threads": threads, "dtype": dtype,
-                       "target": Path(target).name, "draft": f"{Path(draft).name}@{_fingerprint(draft)}"},
+                       "target": Path(target).name, "draft": f"{Path(draft).name}@{draft_fingerprint(draft)}"},
                       sort_keys=True)
 
 

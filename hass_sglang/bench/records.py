@@ -7,12 +7,11 @@ error, and Ctrl-C (or a crash) leaves every written line valid (a torn last line
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hass_sglang.bench.client import Answer
-from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import Question
+from hass_sglang.io import RecordWriter, read_records  # noqa: F401 (the raw files' reader and writer)
 
 
 def temperature_tag(t: float) -> str:
@@ -21,25 +20,6 @@ def temperature_tag(t: float) -> str:
 
 def raw_path(out: Path, method: str, temperature: float, concurrency: int) -> Path:
     return Path(out) / "raw" / method / f"t{temperature_tag(temperature)}_c{concurrency}.jsonl"
-
-
-def read_records(path: Path) -> list[dict]:
-    """Records of a raw file; a torn last line (killed mid-write) is ignored, anything else is an error."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # no trailing newline: the last write was cut
-                break
-            raise HassError(f"{path}:{lineno}: corrupt record ({exc.msg})") from exc
-    return out
 
 
 def finished_keys(records: list[dict]) -> set[tuple[str, str]]:
@@ -59,21 +39,3 @@ def make_record(method: str, dataset: str, question: Question, temperature: floa
                    accept_length=None if ans.accept_length is None else round(ans.accept_length, 5),
                    text_chars=len(ans.text))
     return rec
-
-
-class RecordWriter:
-    """Append-only JSONL: one complete line per write, flushed (a torn line can only be the last)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.stat().st_size and not (data := path.read_bytes()).endswith(b"\n"):
-            with path.open("r+b") as fh:  # a previous run was killed mid-line: drop the torn line
-                fh.truncate(data.rfind(b"\n") + 1)
-        self._fh = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
