@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hass_sglang.errors import HassError
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.io import RecordWriter, read_records
+from hass_sglang.io import JsonlWriter, read_jsonl
 from hass_sglang.vanilla import GenerationResult, generate_vanilla
 from hass_sglang.sampling import SamplingParams
 from hass_sglang.speculative import SpeculativeDecoder
@@ -105,8 +106,8 @@ def run_side_by_side(
         **(journal_key or {}), "methods": ["vanilla", *decoders], "max_new_tokens": max_new_tokens, "seed": seed,
         "sampling": (sampling or SamplingParams()).model_dump()}))
     done = {(r["index"], r["eval_set"], r["question_id"], tuple(r["prompt"])): r["results"]
-            for r in (read_records(journal) if journal else []) if r["key"] == key}
-    writer = RecordWriter(journal) if journal else None
+            for r in (read_jsonl(journal, HassError) if journal else []) if r["key"] == key}
+    writer = JsonlWriter(journal) if journal else None
     runs = []
     for i, (eval_set, qid, ids) in enumerate(tqdm(prompts, desc="prompts", disable=not progress)):
         run = PromptRun(eval_set, qid, len(ids))

@@ -5,7 +5,7 @@ summaries) is written to a temporary sibling and renamed into place; a reader se
 version or the new one, never a torn one. Resumable steps also record the settings they run
 with (`claim_run_settings`): a re-run with other settings into the same output is refused.
 Append-only logs (benchmark records, evaluation journals) are JSONL written one flushed line at a
-time (`RecordWriter`, `read_records`): a kill can only tear the last line, which is dropped.
+time (`JsonlWriter`, `read_jsonl`): a kill can only tear the last line, which is dropped.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
-
-from hass_sglang.errors import HassError
 
 
 def cache_dir() -> Path:
@@ -131,9 +129,9 @@ def claim_run_settings(path: str | Path, settings: dict, error: Callable[[str], 
         write_json_atomic(path, settings, indent=1)
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Records of an append-only JSONL file (`RecordWriter`); a torn last line (killed mid-write) is
-    ignored, anything else is an error."""
+def read_jsonl(path: str | Path, error: Callable[[str], Exception] = ValueError) -> list[dict]:
+    """Records of an append-only JSONL file (`JsonlWriter`); a torn last line (killed mid-write) is
+    ignored, any other bad line raises `error`."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -147,11 +145,11 @@ def read_records(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             if lineno == len(lines):  # no trailing newline: the last write was cut
                 break
-            raise HassError(f"{path}:{lineno}: corrupt record ({exc.msg})") from exc
+            raise error(f"{path}:{lineno}: corrupt record ({exc.msg})") from exc
     return out
 
 
-class RecordWriter:
+class JsonlWriter:
     """Append-only JSONL: one complete line per write, flushed (a torn line can only be the last)."""
 
     def __init__(self, path: str | Path):

@@ -7,7 +7,7 @@ import pytest
 
 from hass_sglang.drafts import resolve_draft
 from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
-from hass_sglang.io import read_records
+from hass_sglang.io import read_jsonl as read_records
 from hass_sglang.sampling import make_sampling
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.tree import TreeShape

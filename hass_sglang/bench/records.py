@@ -11,7 +11,8 @@ from pathlib import Path
 
 from hass_sglang.bench.client import Answer
 from hass_sglang.eval_sets import Question
-from hass_sglang.io import RecordWriter, read_records  # noqa: F401 (the raw files' reader and writer)
+from hass_sglang.errors import HassError
+from hass_sglang.io import read_jsonl
 
 
 def temperature_tag(t: float) -> str:
@@ -20,6 +21,11 @@ def temperature_tag(t: float) -> str:
 
 def raw_path(out: Path, method: str, temperature: float, concurrency: int) -> Path:
     return Path(out) / "raw" / method / f"t{temperature_tag(temperature)}_c{concurrency}.jsonl"
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a raw file (a torn last line dropped; any other bad line: a named HassError)."""
+    return read_jsonl(path, HassError)
 
 
 def finished_keys(records: list[dict]) -> set[tuple[str, str]]:

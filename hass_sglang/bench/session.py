@@ -31,9 +31,10 @@ from hass_sglang.bench.client import (
 )
 from hass_sglang.bench.launch import LaunchOptions, LaunchSpec, launched
 from hass_sglang.bench.questions import BenchDataset
-from hass_sglang.bench.records import RecordWriter, finished_keys, make_record, raw_path, read_records, temperature_tag
+from hass_sglang.bench.records import finished_keys, make_record, raw_path, read_records, temperature_tag
 from hass_sglang.errors import EndpointDownError, HassError
 from hass_sglang.eval_sets import Question
+from hass_sglang.io import JsonlWriter
 
 
 async def ask(client, method: str, dataset: str, question: Question, temperature: float, concurrency: int,
@@ -61,7 +62,7 @@ async def ask(client, method: str, dataset: str, question: Question, temperature
 
 
 async def run_cell(client, method: str, dataset: BenchDataset, temperature: float, concurrency: int,
-                   settings: RequestSettings, writer: RecordWriter, done: set[tuple[str, str]],
+                   settings: RequestSettings, writer: JsonlWriter, done: set[tuple[str, str]],
                    progress=None) -> int:
     """Send the dataset's unfinished questions with at most `concurrency` in flight; returns how many."""
     todo = [q for q in dataset.questions if (dataset.name, q.question_id) not in done]
@@ -119,7 +120,7 @@ async def run_method(endpoint: Endpoint, datasets: list[BenchDataset], temperatu
         with tqdm(total=0, disable=not show_progress, unit="q", dynamic_ncols=True) as bar:
             for (t, c), (path, done) in todo.items():
                 flushed = await asyncio.to_thread(flush_prefix_cache, endpoint) and flushed
-                writer = RecordWriter(path)
+                writer = JsonlWriter(path)
                 try:
                     sent[str(path)] = 0
                     for ds in datasets:
