@@ -59,12 +59,12 @@ def main(argv=None) -> int:
         name, _, folder = item.partition("=")
         if not folder:
             p.error(f"--drafts takes name=folder, got {item!r}")
-        head = resolve_draft(folder).load(target)
+        choice = resolve_draft(folder)
+        head = choice.load(target)
         if head is None:
             p.error(f"--drafts {item!r}: name a draft (a folder, a shipped name or random), not none")
         decoders[name] = SpeculativeDecoder(target, head, tree)
-        path = resolve_draft(folder).path
-        fingerprints[name] = draft_fingerprint(path) if path is not None else folder
+        fingerprints[name] = draft_fingerprint(choice.path) if choice.path is not None else folder
     for pair in args.compare:
         a, _, b = pair.partition(":")
         if a not in decoders or b not in decoders:
