@@ -34,7 +34,8 @@ mkdir -p "$RUN"
 step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done in $((SECONDS - t)) s: $1 $2" >&2; }
 # ship: bf16 copies of the four drafts (half the size; drafts run in bf16 anyway) into the package: each
 # run's best validated head (best/, else the final draft/); the HASS EAGLE slot takes the better of
-# HASS from scratch and HASS continued from EAGLE-2 (by validation tau)
+# HASS from scratch and HASS continued from EAGLE-2 (by validation tau); a draft with no finished
+# run in $RUN stays as shipped
 ship() {
     for d in eagle2:smollm2-135m-eagle2 hass,hass-from-eagle2:smollm2-135m-hass-eagle mtp:smollm2-135m-mtp \
              hass-mtp:smollm2-135m-hass-mtp; do
@@ -49,8 +50,9 @@ def chosen(name):
     folder = run / name / "best" if (run / name / "best").is_dir() else run / name / "draft"
     return folder, (read_draft_metadata(folder).get("best") or {}).get("val_tau", 0.0)
 found = [chosen(n) for n in names if (run / n / "draft").is_dir()]
-if not found:
-    sys.exit(f"ship: no finished run among {names} in {run}")
+if not found:  # a partial run (e.g. only the EAGLE-head drafts retrained) ships what it has
+    print(f"ship: no finished run among {names} in {run}: {dest} stays as it is", file=sys.stderr)
+    sys.exit(0)
 src = max(found, key=lambda f: f[1])[0]
 print(f"ship: {src} -> {dest}", file=sys.stderr)
 config = load_target_config("smollm2-135m-instruct")
