@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--temperature", type=float, default=0.0)
     sv.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server / the answer")
     sv.add_argument("--log", help="server log file with --ask (default: a file in the temp folder)")
-    sv.add_argument("--dtype", help="--dtype of the server (default on CPU: bfloat16 with AMX, else float32; GPU: auto)")
+    sv.add_argument("--dtype", help="--dtype of the server (default on CPU: bfloat16 where the CPU has AMX or "
+                                    "AVX-512 BF16, else float32; GPU: auto)")
     sv.add_argument("--no-compare", dest="compare", action="store_false",
                     help="with --ask: skip the second, vanilla server that measures the speedup")
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
@@ -424,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--draft", help="a draft folder or shipped draft name (default: the shipped HASS draft)")
     cb.add_argument("--trees", nargs="+", help="candidate 'steps topk draft_tokens' (default: "
                     "hass_sglang.bench.calibrate.CPU_CANDIDATES)")
-    cb.add_argument("--dtype", default=None, help="default: bfloat16 on AMX hosts, else float32")
+    cb.add_argument("--dtype", default=None, help="default: bfloat16 where the CPU has AMX or AVX-512 BF16, else float32")
     cb.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the servers (default: hass serve's, "
                     "OMP_NUM_THREADS when set, else the cores this process may use)")
     cb.add_argument("--per-set", type=int, default=1, help="questions per eval set")

@@ -75,9 +75,10 @@ def test_speed_table_prices_a_cycle_in_plain_steps():
     assert C.cycle_cost(2.0, 10.0, 10.0) == 2.0
 
 
-def test_default_cpu_dtype_is_bf16_only_with_amx():
+def test_default_cpu_dtype_is_bf16_only_with_hardware_bf16():
     assert C.default_cpu_dtype({"amx_bf16": True, "avx512_bf16": True}) == "bfloat16"
-    assert C.default_cpu_dtype({"amx_bf16": False, "avx512_bf16": True}) == "float32"
+    assert C.default_cpu_dtype({"amx_bf16": False, "avx512_bf16": True}) == "bfloat16"
+    assert C.default_cpu_dtype({"amx_bf16": False, "avx512_bf16": False}) == "float32"
 
 
 def test_a_bad_tree_is_refused_before_any_server_starts():
@@ -93,7 +94,7 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     (`hass serve --ask`), which serves the shipped HASS draft through launch_server with the
     calibrated tree and prints its speedup against a vanilla server measured in the same run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASS_CALIBRATION": str(tmp_path / "cal.json")}
-    dtype = C.default_cpu_dtype()  # what both commands pick on this host (bf16 where AMX is)
+    dtype = C.default_cpu_dtype()  # what both commands pick on this host (bf16 where the CPU has bf16 units)
     # one candidate (not the CPU default 3 1 4, so serve provably takes it from the calibration): each
     # server start costs minutes under CI's load, and a second tree timed out starting there once
     r = subprocess.run([*HASS, "calibrate", "--trees", "2 1 3", "--per-set", "1", "--max-tokens", "8"],
