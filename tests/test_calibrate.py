@@ -110,7 +110,9 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     assert saved[0]["plain_tok_s"] == best["plain_tok_s"] and saved[0]["hass_tok_s"] == best["tok_s"]
     assert f"| plain | {dtype} | 0 | 1 |" in r.stdout  # the table, plain over all pairs first
 
-    r = subprocess.run([*HASS, "serve", "--ask", "What is the capital of France?", "--max-tokens", "16"],
+    # Japan, not France: SmolLM2's first answer token to the France question is a near-tie ("The" vs "L",
+    # 0.12 nats apart in bf16), which a bf16 server's batch shape flips; Tokyo's path is >= 2.6 nats clear
+    r = subprocess.run([*HASS, "serve", "--ask", "What is the capital of Japan?", "--max-tokens", "16"],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "-m sglang.launch_server" in r.stdout and "--speculative-algorithm HASS" in r.stdout
@@ -119,7 +121,7 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     assert f"tree {saved[0]['tree']} (calibrated on this host" in r.stdout
     assert f"--speculative-num-steps {steps} --speculative-eagle-topk {topk} --speculative-num-draft-tokens {tokens}" \
         in r.stdout
-    assert "Paris" in r.stdout.split("assistant:", 1)[1]
+    assert "Tokyo" in r.stdout.split("assistant:", 1)[1]
     assert "accept length" in r.stdout
     # the speedup against a vanilla server of the same dtype, measured in the same invocation
     vanilla = r.stdout.split("without speculation (--vanilla)", 1)[1]
