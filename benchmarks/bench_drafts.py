@@ -9,9 +9,12 @@ Markdown: tau per set and mean for each draft and temperature, the ratios of nam
       --drafts eagle2=hass_sglang/drafts/smollm2-135m-eagle2 hass=hass_sglang/drafts/smollm2-135m-hass-eagle \\
       --compare hass:eagle2 --per-set 4 --max-new-tokens 80 --journal runs/tau.jsonl
 
-With --journal a killed run resumes where it stopped (each prompt's results are appended as it
-ends; the key names the drafts' fingerprints, tree, dtype, sampling and seed). A resumed run's
-tokens/s mix sessions, though each prompt's methods still ran back to back.
+With --journal every (prompt, method) result is appended as it ends and reused by a later run with
+the same settings (target, dtype, threads, token budget, sampling, seed; for a draft its weights'
+fingerprint, tree and verification): a killed run resumes where it stopped, and a run that adds a
+draft, swaps a retrained one or asks more prompts per set decodes only what is new. Tau is exact
+either way; tokens/s of reused results come from the run that decoded them (a mixed run's speedups
+compare sessions, so measure speed in one fresh run).
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw summaries here")
-    p.add_argument("--journal", help="append each finished prompt to this JSONL; a re-run with the same drafts and "
-                                     "settings resumes from it (long runs, sessions end)")
+    p.add_argument("--journal", help="append each finished (prompt, method) result to this JSONL; a later run with "
+                                     "the same settings reuses it (resume after a kill, add drafts or prompts)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -74,10 +77,9 @@ def main(argv=None) -> int:
           f"verification specinfer at T>0", flush=True)
     raw = {}
     for temp in args.temperatures:
-        key = {"target": target.path.name, "dtype": args.target_dtype, "tree": str(tree), "drafts": fingerprints,
-               "threads": args.threads}
+        key = {"target": target.path.name, "dtype": args.target_dtype, "threads": args.threads}
         runs = run_side_by_side(target, decoders, prompts, args.max_new_tokens, make_sampling(temp), args.seed,
-                                journal=args.journal, journal_key=key)
+                                journal=args.journal, journal_key=key, draft_ids=fingerprints)
         rows = summarize(runs)
         raw[str(temp)] = [r.__dict__ | {"tau": r.tau, "tokens_per_second": r.tokens_per_second} for r in rows]
         cols = [*args.sets, "mean"]

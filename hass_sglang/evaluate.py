@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def eval_prompts(target: Target, sets=EVAL_SETS, per_set: int = 2) -> list[tuple
     return out
 
 
+def prompt_seed(seed: int, eval_set: str, question_id: str) -> int:
+    """The generator seed of one prompt at T > 0: fixed by the question, not by its place in the
+    run, so the same question gets the same draws whatever the other prompts (more per set, other
+    sets) and its journal record stays reusable."""
+    return seed + zlib.crc32(f"{eval_set}/{question_id}".encode()) % 1_000_003
+
+
 def run_side_by_side(
     target: Target,
     decoders: dict[str, SpeculativeDecoder | tuple[SpeculativeDecoder, str]],
@@ -93,41 +101,58 @@ def run_side_by_side(
     progress: bool = True,
     journal: str | Path | None = None,
     journal_key: dict | None = None,
+    draft_ids: dict[str, str] | None = None,
 ) -> list[PromptRun]:
     """Vanilla and every decoder (optionally with its verification method) on each prompt in turn.
-    At T > 0 every method gets its own generator seeded with `seed` + prompt index.
+    At T > 0 every method gets its own generator seeded by `prompt_seed`.
 
-    With `journal` (a JSONL file), every finished prompt is appended as it ends, and a later call
-    with the same settings reuses the prompts already there instead of decoding them again: a long
-    benchmark resumes after a kill, each prompt decoded and counted once. The settings are the
-    methods, prompt, token budget, sampling and seed, plus `journal_key` (what else makes results
-    comparable: the drafts' fingerprints, tree, dtype)."""
-    key = json.loads(json.dumps({
-        **(journal_key or {}), "methods": ["vanilla", *decoders], "max_new_tokens": max_new_tokens, "seed": seed,
-        "sampling": (sampling or SamplingParams()).model_dump()}))
-    done = {(r["index"], r["eval_set"], r["question_id"], tuple(r["prompt"])): r["results"]
-            for r in (read_jsonl(journal, HassError) if journal else []) if r["key"] == key}
+    With `journal` (a JSONL file), every finished (prompt, method) result is appended as it ends,
+    and a later call reuses the results already there instead of decoding them again: a long
+    benchmark resumes after a kill, each result decoded and counted once, and a run that adds a
+    draft or more prompts per set decodes only what is new. A result is reused when its prompt and
+    settings match: `journal_key` (what the caller's whole run shares: target, dtype, threads), the
+    token budget, sampling and seed, and for a draft its identity (`draft_ids[name]`, e.g. the
+    weights' fingerprint; else the name), tree and verification method. Tokens/s of reused results
+    come from the run that decoded them; tau and the texts do not depend on it."""
+    common = {**(journal_key or {}), "max_new_tokens": max_new_tokens, "seed": seed,
+              "sampling": (sampling or SamplingParams()).model_dump()}
+    method_keys = {"vanilla": {"method": "vanilla"}}
+    for name, spec in decoders.items():
+        dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
+        method_keys[name] = {"method": "speculative", "draft": (draft_ids or {}).get(name, name),
+                             "tree": str(dec.tree), "verify": method}
+
+    def lookup(key: dict, eval_set: str, qid: str, ids) -> tuple:
+        return json.dumps(key, sort_keys=True), eval_set, qid, tuple(ids)
+
+    done = {lookup(r["key"], r["eval_set"], r["question_id"], r["prompt"]): r["result"]
+            for r in (read_jsonl(journal, HassError) if journal else []) if "result" in r}
     writer = JsonlWriter(journal) if journal else None
     runs = []
-    for i, (eval_set, qid, ids) in enumerate(tqdm(prompts, desc="prompts", disable=not progress)):
-        run = PromptRun(eval_set, qid, len(ids))
-        stored = done.get((i, eval_set, qid, tuple(ids)))
-        if stored is not None:
-            run.results = {m: GenerationResult(**r) for m, r in stored.items()}
+    try:
+        for eval_set, qid, ids in tqdm(prompts, desc="prompts", disable=not progress):
+            run = PromptRun(eval_set, qid, len(ids))
+            for name in method_keys:
+                key = json.loads(json.dumps({**common, **method_keys[name]}))
+                stored = done.get(lookup(key, eval_set, qid, ids))
+                if stored is not None:
+                    run.results[name] = GenerationResult(**stored)
+                    continue
+                gen = torch.Generator().manual_seed(prompt_seed(seed, eval_set, qid))
+                if name == "vanilla":
+                    result = generate_vanilla(target, ids, max_new_tokens, sampling, gen)
+                else:
+                    spec = decoders[name]
+                    dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
+                    result = dec.generate(ids, max_new_tokens, sampling, verify=method, generator=gen)
+                run.results[name] = result
+                if writer is not None:
+                    writer.write({"key": key, "eval_set": eval_set, "question_id": qid, "prompt": list(ids),
+                                  "method": name, "result": asdict(result)})
             runs.append(run)
-            continue
-        gen = torch.Generator().manual_seed(seed + i)
-        run.results["vanilla"] = generate_vanilla(target, ids, max_new_tokens, sampling, gen)
-        for name, spec in decoders.items():
-            dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
-            gen = torch.Generator().manual_seed(seed + i)
-            run.results[name] = dec.generate(ids, max_new_tokens, sampling, verify=method, generator=gen)
-        runs.append(run)
+    finally:
         if writer is not None:
-            writer.write({"key": key, "index": i, "eval_set": eval_set, "question_id": qid, "prompt": list(ids),
-                          "results": {m: asdict(r) for m, r in run.results.items()}})
-    if writer is not None:
-        writer.close()
+            writer.close()
     return runs
 
 

@@ -6,6 +6,7 @@ the per-prompt seeds matter too."""
 import pytest
 
 from hass_sglang.drafts import resolve_draft
+from hass_sglang import evaluate
 from hass_sglang.evaluate import eval_prompts, run_side_by_side, summarize
 from hass_sglang.io import read_jsonl as read_records
 from hass_sglang.sampling import make_sampling
@@ -27,7 +28,8 @@ def test_a_killed_run_resumes_from_its_journal_exactly_once(tmp_path, target, se
     sampling = make_sampling(1.0)
     full = run_side_by_side(target, decoders, prompts, NEW_TOKENS, sampling, seed=3, progress=False)
 
-    journal, key = tmp_path / "tau.jsonl", {"drafts": "hass@test"}
+    journal, key = tmp_path / "tau.jsonl", {"target": "smollm2@test"}
+    ids = {"hass": "hass@test"}
     real, calls = SpeculativeDecoder.generate, {"n": 0}
 
     def dies_on_the_second_prompt(self, *a, **k):
@@ -39,10 +41,12 @@ def test_a_killed_run_resumes_from_its_journal_exactly_once(tmp_path, target, se
     monkeypatch.setattr(SpeculativeDecoder, "generate", dies_on_the_second_prompt)
     with pytest.raises(KeyboardInterrupt):
         run_side_by_side(target, decoders, prompts, NEW_TOKENS, sampling, seed=3, progress=False,
-                         journal=journal, journal_key=key)
-    assert len(read_records(journal)) == 1
+                         journal=journal, journal_key=key, draft_ids=ids)
+    # prompt 1 both methods, prompt 2 vanilla: the kill lost only prompt 2's HASS result
+    assert [(r["eval_set"], r["method"]) for r in read_records(journal)] == [
+        ("gsm8k", "vanilla"), ("gsm8k", "hass"), ("qa", "vanilla")]
     with journal.open("a") as fh:  # a kill in the middle of the next write
-        fh.write('{"key": {"drafts": "hass@te')
+        fh.write('{"key": {"target": "smollm2@te')
 
     calls["n"], seen = 10, []
 
@@ -50,22 +54,37 @@ def test_a_killed_run_resumes_from_its_journal_exactly_once(tmp_path, target, se
         seen.append(tuple(ids))
         return real(self, ids, *a, **k)
 
+    vanilla_calls = []
+    real_vanilla = evaluate.generate_vanilla
     monkeypatch.setattr(SpeculativeDecoder, "generate", counted)
+    monkeypatch.setattr(evaluate, "generate_vanilla", lambda *a, **k: vanilla_calls.append(1) or real_vanilla(*a, **k))
     resumed = run_side_by_side(target, decoders, prompts, NEW_TOKENS, sampling, seed=3, progress=False,
-                               journal=journal, journal_key=key)
-    assert seen == [tuple(prompts[1][2])]  # only the prompt the kill lost is decoded again
+                               journal=journal, journal_key=key, draft_ids=ids)
+    assert seen == [tuple(prompts[1][2])] and vanilla_calls == []  # only what the kill lost
     for a, b in zip(full, resumed):
         assert {m: r.tokens for m, r in a.results.items()} == {m: r.tokens for m, r in b.results.items()}
         assert a.results["hass"].target_forwards == b.results["hass"].target_forwards
     records = read_records(journal)
-    assert [r["index"] for r in records] == [0, 1]  # the torn line dropped, nothing twice
+    assert len(records) == 4  # the torn line dropped, nothing twice
     taus = {(s.method, s.eval_set): s.tau for s in summarize(full)}
     assert taus == {(s.method, s.eval_set): s.tau for s in summarize(resumed)}
 
-    # other settings (another draft, seed or token budget) never reuse these records
+    # another draft (a retrained head), seed or token budget never reuses these records ...
     seen.clear()
     run_side_by_side(target, decoders, prompts[:1], NEW_TOKENS, sampling, seed=3, progress=False,
-                     journal=journal, journal_key={"drafts": "retrained@test"})
+                     journal=journal, journal_key=key, draft_ids={"hass": "retrained@test"})
     run_side_by_side(target, decoders, prompts[:1], NEW_TOKENS, sampling, seed=4, progress=False,
-                     journal=journal, journal_key=key)
-    assert len(seen) == 2 and len(read_records(journal)) == 4
+                     journal=journal, journal_key=key, draft_ids=ids)
+    assert len(seen) == 2 and len(vanilla_calls) == 1 and len(read_records(journal)) == 7
+
+    # ... while a run that adds a draft decodes only that draft, and the draws of a question do not
+    # depend on its place in the run (prompt 2 alone = prompt 2 after prompt 1)
+    seen.clear()
+    vanilla_calls.clear()
+    chain2 = SpeculativeDecoder(target, decoders["hass"].head, TreeShape.chain(2))
+    more = run_side_by_side(target, {**decoders, "chain2": chain2}, prompts, NEW_TOKENS, sampling, seed=3,
+                            progress=False, journal=journal, journal_key=key, draft_ids=ids)
+    assert len(seen) == 2 and vanilla_calls == []
+    alone = run_side_by_side(target, {"chain2": chain2}, prompts[1:], NEW_TOKENS, sampling, seed=3, progress=False)
+    assert alone[0].results["chain2"].tokens == more[1].results["chain2"].tokens
+    assert alone[0].results["vanilla"].tokens == full[1].results["vanilla"].tokens
