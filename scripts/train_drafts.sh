@@ -35,11 +35,11 @@ step() { local t=$SECONDS; echo "[pipeline] $*" >&2; "$@"; echo "[pipeline] done
 # ship: bf16 copies of the four drafts (half the size; drafts run in bf16 anyway) into the package: each
 # run's best validated head (best/, else the final draft/); the HASS EAGLE slot takes the better of
 # HASS from scratch and HASS continued from EAGLE-2 (by validation tau); a draft with no finished
-# run in $RUN stays as shipped; HASS_EAGLE_RUNS adds candidate run folders for that slot (e.g. a
-# further HASS epoch continued by hand: HASS_EAGLE_RUNS=hass,hass-from-eagle2,hass-from-eagle2-2)
+# run in $RUN stays as shipped; HASS_EAGLE_RUNS / HASS_MTP_RUNS name the candidate run folders of the
+# two HASS slots (e.g. a further HASS epoch continued by hand: HASS_EAGLE_RUNS=hass,hass-from-eagle2,hass-from-eagle2-2)
 ship() {
     for d in eagle2:smollm2-135m-eagle2 "${HASS_EAGLE_RUNS:-hass,hass-from-eagle2}:smollm2-135m-hass-eagle" mtp:smollm2-135m-mtp \
-             hass-mtp:smollm2-135m-hass-mtp; do
+             "${HASS_MTP_RUNS:-hass-mtp}:smollm2-135m-hass-mtp"; do
         .venv/bin/python - "$RUN" "${d%%:*}" "hass_sglang/drafts/${d#*:}" <<'PY'
 import sys
 from pathlib import Path
