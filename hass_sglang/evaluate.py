@@ -116,9 +116,9 @@ def run_side_by_side(
     come from the run that decoded them; tau and the texts do not depend on it."""
     common = {**(journal_key or {}), "max_new_tokens": max_new_tokens, "seed": seed,
               "sampling": (sampling or SamplingParams()).model_dump()}
+    specs = {name: spec if isinstance(spec, tuple) else (spec, "specinfer") for name, spec in decoders.items()}
     method_keys = {"vanilla": {"method": "vanilla"}}
-    for name, spec in decoders.items():
-        dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
+    for name, (dec, method) in specs.items():
         method_keys[name] = {"method": "speculative", "draft": (draft_ids or {}).get(name, name),
                              "tree": str(dec.tree), "verify": method}
 
@@ -142,8 +142,7 @@ def run_side_by_side(
                 if name == "vanilla":
                     result = generate_vanilla(target, ids, max_new_tokens, sampling, gen)
                 else:
-                    spec = decoders[name]
-                    dec, method = spec if isinstance(spec, tuple) else (spec, "specinfer")
+                    dec, method = specs[name]
                     result = dec.generate(ids, max_new_tokens, sampling, verify=method, generator=gen)
                 run.results[name] = result
                 if writer is not None:
