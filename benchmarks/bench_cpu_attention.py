@@ -1,22 +1,23 @@
 """The CPU backend's paged attention, one layer, side by side: the fp32 einsum over KV gathered with
-advanced indexing (the backend before issue 18) vs the fused path it uses now (`index_select` +
-one `scaled_dot_product_attention` in the pool's dtype, GQA heads shared). SmolLM2-135M's heads
-(9 query, 3 KV, dim 64), random pool slots, context lengths 200-700.
+advanced indexing (the backend before issue 18), the fused path of 2026-12-02 (`index_select` + one
+`scaled_dot_product_attention` with `enable_gqa`) and the path it uses now (the same SDPA call with
+the query heads of each KV head folded into query rows, `attention.attend`). All in the pool's
+dtype. SmolLM2-135M's heads (9 query, 3 KV, dim 64), random pool slots, context lengths 200-700.
 
   .venv/bin/python benchmarks/bench_cpu_attention.py [--threads 1 2]
 
-Prints a Markdown table: ms per layer call and the ratio, for a decode batch of 64 (the corpus
+Prints a Markdown table: ms per layer call and the ratios, for a decode batch of 64 (the corpus
 regeneration), a decode of one request, and a 4-token tree verify of one request.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
+from hass_sglang.bench.calibrate import cpu_features
 from hass_sglang.serving.cpu import attention as A
 
 H, HKV, D = 9, 3, 64
@@ -28,6 +29,26 @@ def _timed(fn, reps=20):
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t) / reps * 1e3
+
+
+def _attend_enable_gqa(q, keys, vals, visible, scaling, logit_cap):
+    """`attention.attend` of 2026-12-02: SDPA with `enable_gqa` (one query row per decode)."""
+    dtype = keys.dtype
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.to(dtype).transpose(1, 2), keys.transpose(1, 2), vals.to(dtype).transpose(1, 2),
+        attn_mask=visible[:, None], scale=scaling, enable_gqa=q.shape[2] != keys.shape[2])
+    return out.transpose(1, 2)
+
+
+def _both(fn):
+    """(ms with the enable_gqa attend, ms with the current one), timed back to back."""
+    current = A.attend
+    try:
+        A.attend = _attend_enable_gqa
+        gqa = _timed(fn)
+    finally:
+        A.attend = current
+    return gqa, _timed(fn)
 
 
 def _before_decode(q, kb, vb, r2t, rpi, seq):
@@ -63,8 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     pool = 70000
-    print(f"CPU: {platform.processor() or platform.machine()}; torch {torch.__version__}\n")
-    print("| case | dtype | threads | before ms | now ms | before / now |\n|---|---|---|---|---|---|")
+    print(f"CPU: {cpu_features()}; torch {torch.__version__}\n")
+    print("| case | dtype | threads | before ms | enable_gqa ms | now ms | before / now | enable_gqa / now |\n"
+          "|---|---|---|---|---|---|---|---|")
     for dtype in (torch.bfloat16, torch.float32):
         kb, vb = torch.randn(pool, HKV, D).to(dtype), torch.randn(pool, HKV, D).to(dtype)
         for threads in args.threads:
@@ -81,13 +103,13 @@ def main() -> None:
                     tree = torch.tril(torch.ones(4, 4, dtype=torch.bool)).reshape(-1)
                     q = torch.randn(4, H, D).to(dtype)
                     before = _timed(lambda: _before_verify(q, kb, vb, r2t, rpi, seq, ext, tree))
-                    now = _timed(lambda: _now_verify(q, kb, vb, r2t, rpi, seq, ext, tree))
+                    gqa, now = _both(lambda: _now_verify(q, kb, vb, r2t, rpi, seq, ext, tree))
                 else:
                     q = torch.randn(bs, H, D).to(dtype)
                     before = _timed(lambda: _before_decode(q, kb, vb, r2t, rpi, seq))
-                    now = _timed(lambda: _now_decode(q, kb, vb, r2t, rpi, seq))
-                print(f"| {case} | {str(dtype)[6:]} | {threads} | {before:.3f} | {now:.3f} | {before / now:.2f}x |",
-                      flush=True)
+                    gqa, now = _both(lambda: _now_decode(q, kb, vb, r2t, rpi, seq))
+                print(f"| {case} | {str(dtype)[6:]} | {threads} | {before:.3f} | {gqa:.3f} | {now:.3f} | "
+                      f"{before / now:.2f}x | {gqa / now:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,24 @@ def test_decode_attention(g, dtype, cap, tol):
         torch.testing.assert_close(o[i].double(), _ref_attn(q[i], kb[idx], vb[idx], 0.3, cap), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_decode_attention_over_an_mla_latent_pool(g, dtype, tol):
+    """DeepSeek's MLA decode: every query head reads one latent KV head, values are the latent's
+    first dims (a view of the key pool, as SGLang passes it): the folded GQA layout with g = H."""
+    seq = torch.tensor([7, 2])
+    kb, _, r2t = _kv_setup(g, seq, hkv=1, d=12)
+    kb = kb.to(dtype)
+    vb = kb[..., :8]
+    rpi = torch.tensor([1, 2])
+    q = torch.randn(2, 5, 12, generator=g).to(dtype)
+    o = torch.empty(2, 5, 8, dtype=dtype)
+    K.decode_attention_cpu(q, kb, vb, 1.0, 1.0, o, None, None, None, torch.zeros(1), r2t, rpi, seq, 0.3, 0.0, False,
+                           0, None, None)
+    for i in range(2):
+        idx = r2t[rpi[i], : seq[i]].long()
+        torch.testing.assert_close(o[i].double(), _ref_attn(q[i], kb[idx], vb[idx], 0.3), atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("dtype,cap,tol", ATTN_CASES)
 @pytest.mark.parametrize("tree", [False, True])
 def test_extend_attention(g, tree, dtype, cap, tol):

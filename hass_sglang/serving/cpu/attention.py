@@ -46,16 +46,23 @@ def attend(q, keys, vals, visible, scaling, logit_cap):
     """q [bs, Lq, H, D], keys/vals [bs, L, Hkv, D], visible [bs, Lq, L] -> [bs, Lq, H, Dv].
 
     One fused `scaled_dot_product_attention` call for the whole batch, in the pool's dtype (bf16
-    pools stay bf16; torch's CPU kernel accumulates in fp32) with grouped-query heads shared rather
-    than repeated. Logit soft-capping has no SDPA form: it keeps the fp32 einsum path."""
+    pools stay bf16; torch's CPU kernel accumulates in fp32). The query heads that share a KV head
+    become query rows of that head ([bs, Hkv, g * Lq, D]) instead of SDPA's `enable_gqa`: torch's
+    CPU kernel blocks over query rows, and a decode has one. Measured on an AMD EPYC (AVX-512 BF16,
+    no AMX), bf16, 9 query / 3 KV heads, 500 keys: one request's decode 250 -> 58 us per layer, a
+    batch of 64 16.9 -> 3.7 ms, an 8-token verify unchanged (benchmarks/bench_cpu_attention.py).
+    Logit soft-capping has no SDPA form: it keeps the fp32 einsum path."""
     if logit_cap and logit_cap > 0:
         return masked_attention(q, keys, vals, visible, scaling, logit_cap)
-    h, hkv = q.shape[2], keys.shape[2]
-    dtype = keys.dtype
+    bs, lq, h, d = q.shape
+    hkv, dtype = keys.shape[2], keys.dtype
+    g = h // hkv
+    qf = q.to(dtype).view(bs, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(bs, hkv, g * lq, d)
+    mask = visible[:, None].expand(bs, g, lq, visible.shape[-1]).reshape(bs, 1, g * lq, visible.shape[-1])
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.to(dtype).transpose(1, 2), keys.transpose(1, 2), vals.to(dtype).transpose(1, 2),
-        attn_mask=visible[:, None], scale=scaling, enable_gqa=h != hkv)
-    return out.transpose(1, 2)
+        qf, keys.transpose(1, 2), vals.to(dtype).transpose(1, 2), attn_mask=mask, scale=scaling)
+    dv = out.shape[-1]
+    return out.view(bs, hkv, g, lq, dv).permute(0, 3, 1, 2, 4).reshape(bs, lq, h, dv)
 
 
 def masked_attention(q, k, v, visible, scaling, logit_cap):
