@@ -140,6 +140,8 @@ class ExtendLayout(NamedTuple):
 
     rows: torch.Tensor  # [bs, max_ext] row of q/k/v/o of query t of request b (0 for padding)
     q_valid: torch.Tensor  # [bs, max_ext] bool: t < extend_seq_lens[b]
+    valid_rows: torch.Tensor  # rows[q_valid]: the q/k/v/o row of each real (not padding) query
+    valid_flat: torch.Tensor  # flat index into [bs * max_ext] of each real query
     new_keys: torch.Tensor  # [n_valid] flat key index (b * max_len + prefix_b + t) of each new token
     visible: torch.Tensor  # [bs, max_ext, max_len] bool: which key each query sees
 
@@ -155,7 +157,7 @@ def extend_layout(seq, ext, extend_start_loc, tree_mask, is_causal) -> ExtendLay
     new_keys = (torch.arange(bs, device=dev)[:, None] * max_len + (seq - ext)[:, None] + t[None, :])[q_valid]
     in_seq = torch.arange(max_len, device=dev)[None, :] < seq[:, None]
     visible = extend_visibility(seq, ext, max_ext, max_len, tree_mask, is_causal) & in_seq[:, None, :]
-    return ExtendLayout(rows, q_valid, new_keys, visible)
+    return ExtendLayout(rows, q_valid, rows[q_valid], q_valid.reshape(-1).nonzero().reshape(-1), new_keys, visible)
 
 
 _last_layout: list = []  # [(inputs, ExtendLayout)]: one entry, the current forward pass's
@@ -215,10 +217,9 @@ def extend_attention(
         keys = gather_rows(k_buffer, locs, float(key_scale))
         vals = gather_rows(v_buffer, locs, float(value_scale))
         if k is not None and v is not None:  # the new tokens' K/V straight from the arguments
-            new_rows = rows[q_valid]
-            keys[lay.new_keys] = (k[new_rows] * float(key_scale)).to(keys.dtype)
-            vals[lay.new_keys] = (v[new_rows] * float(value_scale)).to(vals.dtype)
+            keys[lay.new_keys] = gather_rows(k, lay.valid_rows, float(key_scale)).to(keys.dtype)
+            vals[lay.new_keys] = gather_rows(v, lay.valid_rows, float(value_scale)).to(vals.dtype)
         keys = keys.view(bs, max_len, *k_buffer.shape[1:])
         vals = vals.view(bs, max_len, *v_buffer.shape[1:])
     out = attend(q[rows], keys, vals, lay.visible, scaling, logit_cap)
-    o[rows[q_valid]] = out[q_valid].to(o.dtype)
+    o.index_copy_(0, lay.valid_rows, out.flatten(0, 1).index_select(0, lay.valid_flat).to(o.dtype))
