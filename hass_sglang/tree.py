@@ -98,12 +98,22 @@ class TreeShape:
 # HASS paper, section 4 (the EAGLE-2 setting it evaluates with): depth 6, top-k 10, 60 tokens.
 PAPER_TREE = TreeShape(6, 10, 60)
 # On 2 CPU cores verifying 60 tokens per step costs far more than it can save. A 3-step chain (4
-# tokens per verify) was the fastest of the sweep in docs/sglang-cpu.md (0.80x plain vs 0.67x for
-# 3 x top-2 x 6 at T=0, same run): the default of every CPU server the project starts.
+# tokens per verify) was the fastest of the fp32 sweep in docs/sglang-cpu.md (0.80x plain vs 0.67x
+# for 3 x top-2 x 6 at T=0, same run): the default of fp32 CPU servers (every test server).
 CPU_TREE = TreeShape(3, 1, 4)
+# In bf16 an 8-token verify costs little more than a 1-token step (AMX, or AVX-512 BF16 with the
+# folded attention), so the wider tree pays: with the shipped HASS head, 12 prompts x 64 tokens at
+# T=0, 4 2 8 served 1.10-1.21x plain against 1.02-1.06x for 3 1 4 on an AMD EPYC, 1.03x vs 0.98x
+# on an Intel Xeon with AMX (docs/sglang-cpu.md); in fp32 it lost (0.73x vs 1.04x).
+CPU_BF16_TREE = TreeShape(4, 2, 8)
 # What `hass calibrate` tries on CPUs: chains and narrow trees (a 60-token paper tree never pays on 2 cores).
-CPU_CANDIDATES = (TreeShape(2, 1, 3), CPU_TREE, TreeShape(3, 2, 6), TreeShape(4, 1, 5), TreeShape(4, 2, 8),
+CPU_CANDIDATES = (TreeShape(2, 1, 3), CPU_TREE, TreeShape(3, 2, 6), TreeShape(4, 1, 5), CPU_BF16_TREE,
                   TreeShape(5, 2, 10))
+
+
+def cpu_default_tree(dtype: str | None) -> TreeShape:
+    """The tree of a CPU server that was given none and has no calibration: by its dtype."""
+    return CPU_BF16_TREE if dtype in ("bfloat16", "bf16") else CPU_TREE
 # SGLang 0.5.23's own default for MTP (NextN) drafts of DeepSeek targets
 # (speculative_hook._auto_choose_speculative_params): a 3-step chain. Partial tree flags for an
 # MTP head are completed from it.

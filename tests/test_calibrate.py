@@ -47,13 +47,21 @@ def test_a_calibration_is_found_only_for_the_same_target_draft_dtype_and_threads
 
 
 def test_serve_uses_the_calibrated_tree_and_says_so(tmp_path, hass_draft, monkeypatch):
-    from hass_sglang.tree import CPU_TREE
+    from hass_sglang.serving.server import ServerSpec
+    from hass_sglang.tree import CPU_BF16_TREE, CPU_TREE
 
     monkeypatch.setenv("HASS_CALIBRATION", str(tmp_path / "cal.json"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     model = str(resolve_target(EMBEDDED_TARGET))
     dtype, tree, why = C.cpu_serve_settings(model, str(hass_draft), "float32", None)
     assert (dtype, tree) == ("float32", CPU_TREE) and "hass calibrate" in why
+    # uncalibrated bf16: the wider default tree, in `hass serve` and in every CPU ServerSpec
+    dtype, tree, why = C.cpu_serve_settings(model, str(hass_draft), "bfloat16", None)
+    assert (dtype, tree) == ("bfloat16", CPU_BF16_TREE) and "in bfloat16" in why
+    for dt, want in (("bfloat16", CPU_BF16_TREE), (None, CPU_TREE), ("float32", CPU_TREE)):
+        argv = ServerSpec(model=model, draft=str(hass_draft), device="cpu", dtype=dt).argv()
+        assert argv[argv.index("--speculative-num-draft-tokens") + 1] == str(want.num_draft_tokens)
+        assert argv[argv.index("--speculative-eagle-topk") + 1] == str(want.topk)
     C.save_calibration(model, hass_draft, _cal("4 2 8"))
     dtype, tree, why = C.cpu_serve_settings(model, str(hass_draft), "float32", None)
     assert tree.spec == "4 2 8" and "calibrated on this host" in why and "1.25x" in why
@@ -95,7 +103,7 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     calibrated tree and prints its speedup against a vanilla server measured in the same run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASS_CALIBRATION": str(tmp_path / "cal.json")}
     dtype = C.default_cpu_dtype()  # what both commands pick on this host (bf16 where the CPU has bf16 units)
-    # one candidate (not the CPU default 3 1 4, so serve provably takes it from the calibration): each
+    # one candidate (neither CPU default tree, so serve provably takes it from the calibration): each
     # server start costs minutes under CI's load, and a second tree timed out starting there once
     r = subprocess.run([*HASS, "calibrate", "--trees", "2 1 3", "--per-set", "1", "--max-tokens", "8"],
                        capture_output=True, text=True, env=env, timeout=1200)

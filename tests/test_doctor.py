@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from hass_sglang.tree import cpu_default_tree
 
 
 def test_an_answer_is_explained_only_where_it_takes_plains_best_alternative_at_a_near_tie():
@@ -60,4 +61,5 @@ def test_doctor_serves_plain_hass_and_mtp_in_bf16_and_passes(tmp_path):
     for name in ("hass", "mtp"):
         info = servers[name]["server_info"]
         assert info["speculative_algorithm"] == "EAGLE" and servers[name]["accept_length"] > 1.05
-        assert (info["speculative_num_steps"], info["speculative_eagle_topk"]) == (3, 1)  # the CPU tree
+        tree = cpu_default_tree("bfloat16")  # the CPU tree of a bf16 server
+        assert (info["speculative_num_steps"], info["speculative_eagle_topk"]) == (tree.num_steps, tree.topk)

@@ -2,10 +2,10 @@
 
 - Library code lives in the library: nothing under benchmarks/ or tests/ imports `hass_sglang.cli`
   (running the `hass` command in a subprocess is how a user meets it, and is fine).
-- One concept, one place: the default tree shapes (`tree.PAPER_TREE`, `tree.CPU_TREE`) and the
-  shipped-draft folder (`drafts.SHIPPED_DIR`) are defined once; every public error class lives in
-  `errors.py`; no two modules define a function of the same name among the names that once meant
-  two things.
+- One concept, one place: the default tree shapes (`tree.PAPER_TREE`, `tree.CPU_TREE`,
+  `tree.CPU_BF16_TREE`) and the shipped-draft folder (`drafts.SHIPPED_DIR`) are defined once;
+  every public error class lives in `errors.py`; no two modules define a function of the same name
+  among the names that once meant two things.
 """
 
 import ast
@@ -46,7 +46,7 @@ def test_library_modules_never_import_the_cli():
     assert offenders == []
 
 
-PAPER, CPU = (6, 10, 60), (3, 1, 4)
+PAPER, CPU, CPU_BF16 = (6, 10, 60), (3, 1, 4), (4, 2, 8)
 TREE_FLAGS = {"--num-steps", "--topk", "--num-draft-tokens", "--speculative-num-steps", "--speculative-eagle-topk",
               "--speculative-num-draft-tokens"}
 
@@ -56,18 +56,19 @@ def _int(node) -> int | None:
 
 
 def _tree_default_literals(path: Path) -> list[str]:
-    """Places that spell a default tree shape with numbers instead of naming PAPER_TREE / CPU_TREE."""
+    """Places that spell a default tree shape with numbers instead of naming PAPER_TREE, CPU_TREE or
+    CPU_BF16_TREE."""
     found = []
     for node in ast.walk(_tree(path)):
         if isinstance(node, (ast.Call, ast.Tuple, ast.List)):
             items = node.args + [k.value for k in node.keywords] if isinstance(node, ast.Call) else node.elts
             ints = tuple(_int(x) for x in items)
-            for shape in (PAPER, CPU):
+            for shape in (PAPER, CPU, CPU_BF16):
                 if any(ints[i : i + 3] == shape for i in range(len(ints) - 2)):
                     found.append(f"{path.name}:{node.lineno} {shape}")
             # strings "6 10 60" / "3 1 4" (tree specs) and flag lists "--speculative-num-steps", "3", ...
             strs = [x.value for x in items if isinstance(x, ast.Constant) and isinstance(x.value, str)]
-            for shape in (PAPER, CPU):
+            for shape in (PAPER, CPU, CPU_BF16):
                 spec = " ".join(map(str, shape))
                 if spec in strs or ",".join(map(str, shape)) in strs or all(str(v) in strs for v in shape) and any(
                         s in TREE_FLAGS for s in strs):

@@ -24,14 +24,15 @@ from hass_sglang.checkpoint import draft_fingerprint
 from hass_sglang.errors import HassError
 from hass_sglang.io import cache_dir, read_json, write_json_atomic
 from hass_sglang.tree import CPU_CANDIDATES as CPU_CANDIDATE_TREES
-from hass_sglang.tree import CPU_TREE, TreeShape
+from hass_sglang.tree import TreeShape, cpu_default_tree
 
 CPU_CANDIDATES = tuple(t.spec for t in CPU_CANDIDATE_TREES)
 
 
 def cpu_serve_settings(model: str, draft: str | None, dtype: str | None, tree: str | None):
     """dtype and tree of a CPU server (`hass serve`): as given, else this host's calibration for this
-    target, draft, dtype and thread count, else bf16 on AMX hosts / fp32 and the CPU tree.
+    target, draft, dtype and thread count, else bf16 on hosts with bf16 units / fp32 and the CPU
+    default tree of that dtype (`tree.cpu_default_tree`).
     Returns (dtype, TreeShape or None, a line saying where the tree came from, or None)."""
     dtype = dtype or default_cpu_dtype()
     if tree or draft is None:
@@ -40,7 +41,9 @@ def cpu_serve_settings(model: str, draft: str | None, dtype: str | None, tree: s
 
     cal = load_calibration(model, draft, dtype, cpu_threads())
     if cal is None:
-        return dtype, CPU_TREE, f"tree {CPU_TREE.spec} (the CPU default; `hass calibrate` measures the best on this host)"
+        tree = cpu_default_tree(dtype)
+        return dtype, tree, (f"tree {tree.spec} (the CPU default in {dtype}; `hass calibrate` measures the best "
+                             "on this host)")
     return dtype, TreeShape.parse(cal.tree), (f"tree {cal.tree} (calibrated on this host {cal.measured_at}: "
                                              f"{cal.speedup:.2f}x plain over {cal.prompts} prompts)")
 

@@ -30,7 +30,7 @@ class LaunchSpec:
 class LaunchOptions:
     model: str | None = None  # HF folder / GGUF / hub id; None = the embedded SmolLM2 target
     device: str = "cpu"
-    tree: TreeShape | None = None  # None = CPU_TREE on CPU, the plugin's defaults elsewhere
+    tree: TreeShape | None = None  # None = tree.cpu_default_tree(dtype) on CPU, the plugin's defaults elsewhere
     launch_args: tuple[str, ...] = ()
     method_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
     timeout_s: float = 900.0

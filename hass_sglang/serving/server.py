@@ -12,8 +12,8 @@ On a CPU host (`device="cpu"`) the command adds what the project's CPU backend n
 whose matmuls are very slow without AVX512-FP16), a small KV reservation, no warm-up request,
 `SGLANG_USE_CPU_ENGINE=1` and an OpenMP thread per core this process may use unless
 OMP_NUM_THREADS is set (`cpu_threads`); the draft tree
-defaults to `CPU_TREE`. Elsewhere the HASS tree comes from the plugin (the paper's 6/10/60)
-unless `tree` is given.
+defaults to `tree.cpu_default_tree` of the dtype (3 1 4 in fp32, 4 2 8 in bf16). Elsewhere the
+HASS tree comes from the plugin (the paper's 6/10/60) unless `tree` is given.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Iterator
 from hass_sglang.drafts import TARGET_DRAFT
 from hass_sglang.errors import ServerStartError
 from hass_sglang.serving.plan import HASS_ALGORITHM
-from hass_sglang.tree import CPU_TREE, TreeShape
+from hass_sglang.tree import TreeShape, cpu_default_tree
 
 
 def cpu_threads(env=None) -> int:
@@ -65,7 +65,7 @@ class ServerSpec:
     device: str = "cuda"  # "cpu": the project's CPU backend; "cuda": SGLang's default; else --device DEVICE
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port, chosen by `with_port`
-    tree: TreeShape | None = None  # None: CPU_TREE on CPU, the plugin's HASS defaults elsewhere
+    tree: TreeShape | None = None  # None: cpu_default_tree(dtype) on CPU, the plugin's HASS defaults elsewhere
     dtype: str | None = None  # --dtype; None: float32 on CPU, SGLang's auto elsewhere
     extra: tuple[str, ...] = ()  # more launch_server flags, appended last (the last value wins)
     cpu_max_total_tokens: int = 16384  # KV reservation of a CPU server
@@ -96,7 +96,7 @@ class ServerSpec:
         elif self.device != "cuda":
             argv += ["--device", self.device]
         if self.draft is not None:
-            tree = self.tree or (CPU_TREE if self.cpu else None)
+            tree = self.tree or (cpu_default_tree(self.dtype or "float32") if self.cpu else None)
             argv += ["--speculative-algorithm", HASS_ALGORITHM]
             if self.draft != TARGET_DRAFT:
                 argv += ["--speculative-draft-model-path", str(self.draft)]

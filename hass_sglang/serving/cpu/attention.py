@@ -57,12 +57,12 @@ def attend(q, keys, vals, visible, scaling, logit_cap):
     bs, lq, h, d = q.shape
     hkv, dtype = keys.shape[2], keys.dtype
     g = h // hkv
-    qf = q.to(dtype).view(bs, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(bs, hkv, g * lq, d)
+    qf = q.to(dtype).view(bs, lq, hkv, g, d).movedim(1, 3).reshape(bs, hkv, g * lq, d)
     mask = visible[:, None].expand(bs, g, lq, visible.shape[-1]).reshape(bs, 1, g * lq, visible.shape[-1])
     out = torch.nn.functional.scaled_dot_product_attention(
         qf, keys.transpose(1, 2), vals.to(dtype).transpose(1, 2), attn_mask=mask, scale=scaling)
     dv = out.shape[-1]
-    return out.view(bs, hkv, g, lq, dv).permute(0, 3, 1, 2, 4).reshape(bs, lq, h, dv)
+    return out.view(bs, hkv, g, lq, dv).movedim(3, 1).reshape(bs, lq, h, dv)
 
 
 def masked_attention(q, k, v, visible, scaling, logit_cap):
