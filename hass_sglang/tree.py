@@ -114,6 +114,8 @@ CPU_CANDIDATES = (TreeShape(2, 1, 3), CPU_TREE, TreeShape(3, 2, 6), TreeShape(4,
 def cpu_default_tree(dtype: str | None) -> TreeShape:
     """The tree of a CPU server that was given none and has no calibration: by its dtype."""
     return CPU_BF16_TREE if dtype in ("bfloat16", "bf16") else CPU_TREE
+
+
 # SGLang 0.5.23's own default for MTP (NextN) drafts of DeepSeek targets
 # (speculative_hook._auto_choose_speculative_params): a 3-step chain. Partial tree flags for an
 # MTP head are completed from it.
