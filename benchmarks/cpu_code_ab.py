@@ -1,0 +1,61 @@
+"""Serving speed of two versions of the project's code, side by side in one run: the same plain and
+HASS CPU servers from two checkouts, alternating, so a change to the CPU backend is judged against
+the machine's drift between rounds.
+
+    git worktree add /tmp/hass-old <commit>
+    cd /tmp && /work/main/.venv/bin/python /work/main/benchmarks/cpu_code_ab.py /tmp/hass-old /work/main \
+        [--rounds 2 --trees "4 2 8" --per-set 2 --max-tokens 64 --threads 2 --dtype bfloat16]
+
+Run it from a folder outside both checkouts: a server started by `python -m` puts its working
+directory first on sys.path, which would shadow the PYTHONPATH that picks the checkout. Prints one
+JSON line per (round, checkout, server) and the mean tok/s and HASS / plain ratio per checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from hass_sglang.bench.calibrate import measure_server
+from hass_sglang.drafts import resolve_draft
+from hass_sglang.eval_sets import EVAL_SETS, load_questions
+from hass_sglang.target import load_target
+from hass_sglang.tree import CPU_BF16_TREE
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkouts", nargs=2, help="two project checkouts (e.g. a worktree of the old commit, then main)")
+    ap.add_argument("--draft", default="smollm2-135m-hass-eagle")
+    ap.add_argument("--trees", nargs="+", default=[CPU_BF16_TREE.spec])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--per-set", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16")
+    a = ap.parse_args()
+    target = load_target()
+    draft = str(resolve_draft(a.draft).folder(target.config))
+    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
+    base = os.environ.get("PYTHONPATH", "")
+    rows = []
+    for rnd in range(a.rounds):
+        for code in a.checkouts:
+            os.environ["PYTHONPATH"] = os.path.abspath(code) + (os.pathsep + base if base else "")
+            for d, tree in [(None, None)] + [(draft, t) for t in a.trees]:
+                for r in measure_server(str(target.path), d, tree, prompts, a.max_tokens, (0.0,), a.threads, a.dtype):
+                    r.pop("texts")
+                    rows.append({**r, "code": code, "round": rnd})
+                    print(json.dumps(rows[-1]), flush=True)
+    os.environ["PYTHONPATH"] = base
+    for code in a.checkouts:
+        plain = statistics.mean(r["tok_s"] for r in rows if r["code"] == code and r["server"] == "plain")
+        for tree in a.trees:
+            hass = statistics.mean(r["tok_s"] for r in rows if r["code"] == code and r["server"] == f"hass {tree}")
+            print(f"{code}: plain {plain:.2f} tok/s, hass {tree} {hass:.2f} tok/s, ratio {hass / plain:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
