@@ -4,7 +4,7 @@ the machine's drift between rounds.
 
     git worktree add /tmp/hass-old <commit>
     cd /tmp && /work/main/.venv/bin/python /work/main/benchmarks/cpu_code_ab.py /tmp/hass-old /work/main \
-        [--rounds 2 --trees "4 2 8" --per-set 2 --max-tokens 64 --threads 2 --dtype bfloat16]
+        [--rounds 2 --trees "3 4 8" --per-set 2 --max-tokens 64 --threads 2 --dtype bfloat16]
 
 Run it from a folder outside both checkouts: a server started by `python -m` puts its working
 directory first on sys.path, which would shadow the PYTHONPATH that picks the checkout. Prints one

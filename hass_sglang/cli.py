@@ -60,6 +60,8 @@ def cmd_serve(args) -> int:
     from hass_sglang.target import resolve_target
     from hass_sglang.tree import TreeShape
 
+    if args.repeat < 1:
+        raise HassError(f"--repeat must be >= 1, got {args.repeat}")
     model = str(resolve_target(args.target))
     draft = None
     if not args.vanilla:
@@ -85,28 +87,68 @@ def cmd_serve(args) -> int:
     import dataclasses
     import tempfile
 
-    def answer_of(s: ServerSpec):
-        log = args.log or os.path.join(tempfile.gettempdir(), f"hass-serve-{s.port}.log")
-        print(f"server log: {log}", flush=True)
-        with running_server(s, log_path=log, timeout_s=args.timeout) as url:
-            return ask(url, args.ask, args.max_tokens, args.temperature, args.timeout)
+    compare = bool(draft) and args.compare
+    # On a CPU host both servers run at once and the question alternates between them (the servers
+    # sleep when idle), so both see the same machine load; on GPUs, or where a second copy of the
+    # weights may not fit in memory beside the first, one server after the other.
+    side_by_side = compare and not cuda and _fits_twice(model)
 
-    answer = answer_of(spec)
-    print(f"\nuser: {args.ask}\nassistant: {answer.text}\n")
-    line = (f"{answer.output_tokens} tokens in {answer.latency_s:.2f} s "
-            f"({answer.tok_s:.1f} tok/s, one request after a warm-up)")
-    if answer.verify_ct:
-        line += f"; accept length {answer.reported_accept_length:.2f} over {answer.verify_ct} verify steps"
+    def serving(stack, s: ServerSpec, vanilla: bool) -> str:
+        if vanilla:  # its port is picked once the first server holds its own
+            s = dataclasses.replace(s, draft=None, tree=None, port=0).with_port()
+            print(f"\n[serve] {'beside it, ' if side_by_side else ''}the same model without speculation (--vanilla), "
+                  f"for the speedup:\n+ {' '.join(filter(None, [s.env_prefix(), shlex.join(s.argv())]))}", flush=True)
+        log = (args.log + (".vanilla" if vanilla else "")) if args.log else \
+            os.path.join(tempfile.gettempdir(), f"hass-serve-{s.port}.log")
+        print(f"server log: {log}", flush=True)
+        return stack.enter_context(running_server(s, log_path=log, timeout_s=args.timeout))
+
+    def asked(urls):
+        return ask(urls, args.ask, args.max_tokens, args.temperature, args.timeout, rounds=args.repeat)
+
+    with contextlib.ExitStack() as stack:
+        urls = [serving(stack, spec, False)] + ([serving(stack, spec, True)] if side_by_side else [])
+        answers = asked(urls)
+    hass = answers[0]
+    print(f"\nuser: {args.ask}\nassistant: {hass[0].text}\n")
+    mode = ", alternating with the vanilla server" if side_by_side else ""
+    line = f"{_measured(hass)} over {len(hass)} request(s) after a warm-up{mode})"
+    verify = sum(a.verify_ct or 0 for a in hass)
+    if verify:
+        line += f"; accept length {sum(a.output_tokens for a in hass) / verify:.2f} over {verify} verify steps"
     print(line, flush=True)
-    if draft is not None and args.compare:
-        # The same question to the same model without speculation, same dtype, in this invocation.
-        plain = dataclasses.replace(spec, draft=None, tree=None, port=0).with_port()
-        print(f"\n[serve] the same request without speculation (--vanilla) for the speedup:\n+ "
-              f"{' '.join(filter(None, [plain.env_prefix(), shlex.join(plain.argv())]))}", flush=True)
-        base = answer_of(plain)
-        print(f"vanilla: {base.output_tokens} tokens in {base.latency_s:.2f} s ({base.tok_s:.1f} tok/s)")
-        print(f"speedup vs --vanilla (same question, dtype and host, measured here): {answer.tok_s / base.tok_s:.2f}x")
+    if not compare:
+        return 0
+    if side_by_side:
+        base = answers[1]
+    else:
+        with contextlib.ExitStack() as stack:
+            base = asked([serving(stack, spec, True)])[0]
+    print(f"vanilla: {_measured(base)})")
+    print(f"speedup vs --vanilla (same question, dtype and host, measured here): {_tok_s(hass) / _tok_s(base):.2f}x")
     return 0
+
+
+def _fits_twice(model: str) -> bool:
+    """True when the files of a local model folder fit in available memory twice, with room to spare."""
+    import psutil
+
+    path = Path(model)
+    if not path.is_dir():
+        return False
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return psutil.virtual_memory().available > 3 * size + (4 << 30)
+
+
+def _tok_s(answers) -> float:
+    secs = sum(a.latency_s for a in answers)
+    return sum(a.output_tokens for a in answers) / secs if secs > 0 else 0.0
+
+
+def _measured(answers) -> str:
+    """'N tokens in S s (T tok/s' over all answers (the caller closes the parenthesis)."""
+    return (f"{sum(a.output_tokens for a in answers)} tokens in {sum(a.latency_s for a in answers):.2f} s "
+            f"({_tok_s(answers):.1f} tok/s")
 
 
 def cmd_calibrate(args) -> int:
@@ -402,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log", help="server log file with --ask (default: a file in the temp folder)")
     sv.add_argument("--dtype", help="--dtype of the server (default on CPU: bfloat16 where the CPU has AMX or "
                                     "AVX-512 BF16, else float32; GPU: auto)")
+    sv.add_argument("--repeat", type=int, default=3,
+                    help="with --ask: times the question goes to each server; tok/s and the speedup are over all")
     sv.add_argument("--no-compare", dest="compare", action="store_false",
                     help="with --ask: skip the second, vanilla server that measures the speedup")
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")

@@ -45,6 +45,8 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     assert r.returncode == 2 and "num_draft_tokens must be in" in r.stderr
     r = run("check-draft", str(tmp_path))
     assert r.returncode == 2 and "has no config.json" in r.stderr
+    r = run("serve", "--ask", "hi", "--repeat", "0")
+    assert r.returncode == 2 and "--repeat must be >= 1" in r.stderr and "launch_server" not in r.stdout
 
 
 def test_serve_command_line_is_sglang_launch_server_with_hass():

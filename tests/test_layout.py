@@ -46,7 +46,7 @@ def test_library_modules_never_import_the_cli():
     assert offenders == []
 
 
-PAPER, CPU, CPU_BF16 = (6, 10, 60), (3, 1, 4), (4, 2, 8)
+PAPER, CPU, CPU_BF16 = (6, 10, 60), (3, 1, 4), (3, 4, 8)
 TREE_FLAGS = {"--num-steps", "--topk", "--num-draft-tokens", "--speculative-num-steps", "--speculative-eagle-topk",
               "--speculative-num-draft-tokens"}
 

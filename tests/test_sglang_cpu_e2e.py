@@ -19,6 +19,7 @@ One server at a time; each fixture starts, uses and stops its own.
 """
 
 import json
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -106,6 +107,18 @@ def _t1_collect(url, prompt_ids, bias_tokens=None):
     return out
 
 
+def _idle_scheduler_cpu(seconds: float = 2.0) -> list[float]:
+    """CPU % of this test's SGLang scheduler processes while no request is in flight."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children(recursive=True)
+             if "sglang::scheduler" in " ".join([p.name(), *p.cmdline()])]
+    for p in procs:
+        p.cpu_percent(None)
+    time.sleep(seconds)
+    return [p.cpu_percent(None) for p in procs]
+
+
 def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_tokens=None):
     out = {}
     spec = ServerSpec(model=str(target.path), draft=None if draft is None else str(draft), device="cpu")
@@ -121,6 +134,7 @@ def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=Fal
         if bad_input:
             out["bad"] = _bad_inputs(url, client, prompts[0])
         out["probe"] = _probe(url, client, prompts[0])
+        out["idle_cpu"] = _idle_scheduler_cpu()
         # The plugin is installed for every server on the host; only HASS servers check model names.
         out["unknown model"] = post(url, "/v1/chat/completions", {
             "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
@@ -354,6 +368,14 @@ def test_error_bodies_name_the_problem_without_server_internals(hass):
     for body in bodies:
         text = json.dumps(body)
         assert "Traceback" not in text and 'File \\"' not in text and "site-packages" not in text, text
+
+
+def test_idle_cpu_servers_leave_the_cores_free(vanilla, hass):
+    """An idle SGLang scheduler polls in a busy loop (a core at 100%, measured) unless started with
+    --sleep-on-idle, which ServerSpec passes on CPU hosts: there the spinning core is one that the
+    OpenMP threads of a working server need (two servers side by side, as `hass calibrate` runs them)."""
+    for run in (vanilla, hass):
+        assert run["idle_cpu"] and max(run["idle_cpu"]) < 30, run["idle_cpu"]
 
 
 def test_metrics_expose_the_accept_length_under_hass(hass):

@@ -166,16 +166,32 @@ async def warm_up(endpoint: Endpoint, settings: RequestSettings, n: int) -> None
             await chat_once(client, [{"role": "user", "content": "Say hello."}], 0.0, short)
 
 
-def ask(url: str, question: str, max_tokens: int, temperature: float = 0.0, timeout_s: float = 600.0) -> Answer:
-    """One measured, non-streaming chat request after a short untimed one (`hass serve --ask`):
-    the first request on a fresh server pays one-time costs (kernel selection, graph warm-up)."""
-    endpoint = Endpoint("ask", url)
+def ask(urls: list[str], question: str, max_tokens: int, temperature: float = 0.0, timeout_s: float = 600.0,
+        rounds: int = 1) -> list[list[Answer]]:
+    """`hass serve --ask`: the question `rounds` times to each server, after a short untimed request to
+    each (the first request on a fresh server pays one-time costs: kernel selection, compilation).
+    With several servers the requests alternate between them and the order flips every round, as in
+    `hass calibrate`, so that servers running side by side see the same machine load. Returns the
+    answers per server, in `urls` order."""
+    if rounds < 1:
+        raise HassError(f"ask: rounds must be >= 1, got {rounds}")
     settings = RequestSettings(max_tokens=max_tokens, stream=False, timeout_s=timeout_s, retries=0)
+    warm = RequestSettings(max_tokens=4, stream=False, timeout_s=timeout_s, retries=0)
 
-    async def run() -> Answer:
-        async with make_client(endpoint, settings) as client:
-            warm = RequestSettings(max_tokens=4, stream=False, timeout_s=timeout_s, retries=0)
-            await chat_once(client, [{"role": "user", "content": "Hi"}], 0.0, warm)
-            return await chat_once(client, [{"role": "user", "content": question}], temperature, settings)
+    async def run() -> list[list[Answer]]:
+        clients = [make_client(Endpoint(f"ask{i}", u), settings) for i, u in enumerate(urls)]
+        try:
+            for c in clients:
+                await chat_once(c, [{"role": "user", "content": "Hi"}], 0.0, warm)
+            out: list[list[Answer]] = [[] for _ in urls]
+            for r in range(rounds):
+                order = list(range(len(urls)))
+                for i in (order if r % 2 == 0 else order[::-1]):
+                    out[i].append(await chat_once(clients[i], [{"role": "user", "content": question}],
+                                                  temperature, settings))
+            return out
+        finally:
+            for c in clients:
+                await c.close()
 
     return asyncio.run(run())

@@ -115,7 +115,7 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     s.add_argument("--model-path", default=None, help="target model (default: the embedded SmolLM2-135M-Instruct)")
     s.add_argument("--device", default="cpu", help="cpu (project CPU backend) or cuda/... (plain launch_server)")
     s.add_argument("--tree", default=None,
-                   help="'STEPS TOPK DRAFT_TOKENS' (default on CPU: tree.cpu_default_tree, 3 1 4 in fp32, 4 2 8 in bf16)")
+                   help="'STEPS TOPK DRAFT_TOKENS' (default on CPU: tree.cpu_default_tree, 3 1 4 in fp32, 3 4 8 in bf16)")
     s.add_argument("--launch-args", default=None, help="extra launch_server flags for every method, one string")
     s.add_argument("--method-args", nargs="*", default=[], metavar='NAME="FLAGS"', help="extra flags for one method")
     s.add_argument("--launch-timeout", type=float, default=900.0, help="seconds to wait for a server to be ready")

@@ -12,7 +12,7 @@ On a CPU host (`device="cpu"`) the command adds what the project's CPU backend n
 whose matmuls are very slow without AVX512-FP16), a small KV reservation, no warm-up request,
 `SGLANG_USE_CPU_ENGINE=1` and an OpenMP thread per core this process may use unless
 OMP_NUM_THREADS is set (`cpu_threads`); the draft tree
-defaults to `tree.cpu_default_tree` of the dtype (3 1 4 in fp32, 4 2 8 in bf16). Elsewhere the
+defaults to `tree.cpu_default_tree` of the dtype (3 1 4 in fp32, 3 4 8 in bf16). Elsewhere the
 HASS tree comes from the plugin (the paper's 6/10/60) unless `tree` is given.
 """
 
@@ -92,7 +92,10 @@ class ServerSpec:
         # /metrics on (sglang:spec_accept_length is how operators watch a draft; the manifests enable it too)
         argv += ["--host", self.host, "--port", str(self.port), "--enable-metrics"]
         if self.cpu:
-            argv.append("--skip-server-warmup")
+            # An idle SGLang scheduler polls in a busy loop and keeps a core at 100%: on a CPU host that
+            # core is one the OpenMP threads of a working server (this one, or a second one beside it,
+            # as in `hass calibrate`) need. --sleep-on-idle blocks on the request sockets instead.
+            argv += ["--skip-server-warmup", "--sleep-on-idle"]
         elif self.device != "cuda":
             argv += ["--device", self.device]
         if self.draft is not None:
@@ -125,7 +128,7 @@ class LaunchedServer:
 def running_server(spec: ServerSpec, log_path: str | Path | None = None, timeout_s: float = 300,
                    log_to_console: bool = False) -> Iterator[str]:
     """Run the server in its own process group until /health_generate answers; yield its URL; kill
-    the whole group afterwards (an idle SGLang scheduler keeps a core busy)."""
+    the whole group afterwards (SGLang's scheduler and detokenizer are processes of their own)."""
     with launched_server(spec, log_path, timeout_s, log_to_console) as server:
         yield server.url
 
