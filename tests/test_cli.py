@@ -65,6 +65,32 @@ def test_serve_command_line_is_sglang_launch_server_with_hass():
     assert "--speculative-algorithm" not in gpu and "--device" not in gpu
 
 
+def test_server_ports_come_from_below_the_ephemeral_range_and_are_free(monkeypatch):
+    """Outgoing connections take their local ports from the ephemeral range; a server port picked
+    there can be taken before the server binds it (seen in CI), so picks come from below it."""
+    import socket
+
+    from hass_sglang.serving import server
+    from hass_sglang.serving.server import SERVER_PORT_RANGE, ServerSpec, ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(SERVER_PORT_RANGE[0] <= p < min(SERVER_PORT_RANGE[1] + 1, ephemeral_low()) for p in ports)
+    assert len(ports) > 1  # picked at random, so two servers starting together rarely pick the same one
+    two = (min(ports), min(ports) + 1)  # a range of two ports, one of them in use: the other one comes back
+    monkeypatch.setattr(server, "SERVER_PORT_RANGE", two)
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", two[0]))
+        except OSError:
+            pytest.skip(f"port {two[0]} taken by another process meanwhile")
+        held.listen()
+        assert {free_port() for _ in range(20)} <= {two[1], *range(ephemeral_low(), 65536)}
+        assert two[0] not in {free_port() for _ in range(20)}
+    monkeypatch.undo()
+    spec = ServerSpec("/m", None, device="cpu").with_port()
+    assert SERVER_PORT_RANGE[0] <= spec.port <= SERVER_PORT_RANGE[1]
+
+
 def test_a_cpu_server_gets_a_thread_per_usable_core_unless_omp_num_threads_is_set():
     import os
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -50,7 +51,33 @@ def cpu_threads(env=None) -> int:
         return os.cpu_count() or 1
 
 
-def free_port() -> int:
+# Ports for servers that bind them seconds later come from below the kernel's ephemeral range:
+# bind(0) hands out an ephemeral port, and until the server binds it any outgoing connection on the
+# host may take it as its local port (a CI run lost a HASS server to "address already in use" while
+# the other test worker's clients were connecting). SGLang keeps its own such ports (NCCL/TCPStore)
+# in 22000-29999 for the same reason (utils/network.py get_free_port_below_ephemeral); this range
+# stays clear of it.
+SERVER_PORT_RANGE = (12000, 21999)
+
+
+def ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(attempts: int = 64) -> int:
+    """A TCP port free now, for a server started next: below the ephemeral range when there is room."""
+    low, high = SERVER_PORT_RANGE[0], min(SERVER_PORT_RANGE[1], ephemeral_low() - 1)
+    for port in random.sample(range(low, high + 1), min(attempts, max(high - low + 1, 0))):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # the widest address a server may listen on
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
