@@ -112,6 +112,9 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     assert [row["server"] for row in rows] == ["hass 2 1 3"]  # beside the plain server
     assert all(row["tok_s"] > 0 and row["plain_tok_s"] > 0 and row["tokens"] > 0 for row in rows)
     assert all(row["accept_length"] >= 1.0 for row in rows)
+    # every timed request paid its whole prefill: the prompts share ChatML's system prompt, and the
+    # plain server serves them once per tree, so a cache left alone gives cached tokens here
+    assert [row["cached_tokens"] for row in rows] == [0]
     best = C.best_tree_row(rows)
     saved = list(json.loads((tmp_path / "cal.json").read_text()).values())
     assert len(saved) == 1 and saved[0]["tree"] == best["server"].removeprefix("hass ") and saved[0]["dtype"] == dtype

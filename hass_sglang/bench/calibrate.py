@@ -3,7 +3,7 @@
 What pays on a CPU depends on the host (AMX makes a bf16 verify of 8 tokens cost about one decode
 step; without it fp32 is faster and trees cost more) and on the draft's acceptance. So instead of
 a cost model, the candidates are served and timed: a plain SGLang server beside a HASS server with
-each candidate tree in turn, every chat prompt to both (batch 1, T=0, after a warm-up), so each
+each candidate tree in turn, every chat prompt to both (batch 1, T=0, after a warm-up, each request from an empty prefix cache), so each
 tree's speedup is a ratio measured in pairs under the same load. The fastest HASS setting is stored under a key naming the host (CPU model, its
 bf16 features, cores, OpenMP threads), the target, the draft (its config and weight files) and the
 dtype, in `~/.cache/hass_sglang/calibration.json` (`$HASS_CALIBRATION`); `hass serve` on the same
@@ -123,16 +123,35 @@ def _generate(url: str, ids: list[int], max_tokens: int, temperature: float) -> 
         return json.load(r)
 
 
+def _timed(url: str, ids: list[int], max_tokens: int, temperature: float, acc: list) -> None:
+    """One timed request from an empty prefix cache, added to `acc` = [tokens, seconds, verify
+    forwards, texts, cached prompt tokens]. Without the flush a prompt sent before (the same prompts
+    at the next temperature, the plain server's pass for the next tree) skips its prefill: such
+    requests measured 13% faster here, so rows measured later looked faster."""
+    from hass_sglang.bench.client import Endpoint, flush_prefix_cache
+
+    if not flush_prefix_cache(Endpoint("timed", url)):
+        raise HassError(f"{url}/flush_cache failed: a timed request would reuse an earlier prompt's prefill")
+    t = time.perf_counter()
+    out = _generate(url, ids, max_tokens, temperature)
+    acc[1] += time.perf_counter() - t
+    meta = out["meta_info"]
+    acc[0] += meta["completion_tokens"]
+    acc[2] += meta.get("spec_verify_ct", 0) or 0
+    acc[3].append(out["text"])
+    acc[4] += meta.get("cached_tokens", 0) or 0
+
+
 def _spec(model, draft, tree, dtype):
     from hass_sglang.serving.server import ServerSpec
 
     return ServerSpec(model=model, draft=draft, device="cpu", tree=TreeShape.parse(tree) if draft else None, dtype=dtype)
 
 
-def _row(server, temp, threads, dtype, toks, secs, verify, texts) -> dict:
+def _row(server, temp, threads, dtype, toks, secs, verify, texts, cached=0) -> dict:
     return {"server": server, "temperature": temp, "threads": threads, "dtype": dtype, "tok_s": round(toks / secs, 2),
             "tokens": toks, "seconds": round(secs, 1), "accept_length": round(toks / verify, 3) if verify else None,
-            "texts": texts}
+            "cached_tokens": cached, "texts": texts}
 
 
 def measure_server(model: str, draft: str | None, tree: str | None, prompts: list[list[int]], max_tokens: int,
@@ -146,16 +165,10 @@ def measure_server(model: str, draft: str | None, tree: str | None, prompts: lis
     with running_server(_spec(model, draft, tree, dtype), log_path=log_path) as url:
         _generate(url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
         for temp in temperatures:
-            toks, secs, verify, texts = 0, 0.0, 0, []
+            acc = [0, 0.0, 0, [], 0]
             for ids in prompts:
-                t = time.perf_counter()
-                out = _generate(url, ids, max_tokens, temp)
-                secs += time.perf_counter() - t
-                toks += out["meta_info"]["completion_tokens"]
-                verify += out["meta_info"].get("spec_verify_ct", 0) or 0
-                texts.append(out["text"])
-            rows.append(_row("plain" if draft is None else f"hass {tree}", temp, threads, dtype, toks, secs, verify,
-                             texts))
+                _timed(url, ids, max_tokens, temp, acc)
+            rows.append(_row("plain" if draft is None else f"hass {tree}", temp, threads, dtype, *acc))
     return rows
 
 
@@ -178,30 +191,25 @@ def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDID
         TreeShape.parse(tree)  # a bad tree fails before any server starts
     dtype = dtype or default_cpu_dtype()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
-    rows, plain_all = [], [0, 0.0]
+    rows, plain_all = [], [0, 0.0, 0]
     with running_server(_spec(model, None, None, dtype)) as plain_url:
         _generate(plain_url, prompts[0], 4, 0.0)
         for tree in trees:
             with running_server(_spec(model, draft, tree, dtype)) as url:
                 _generate(url, prompts[0], 4, 0.0)
-                got = {"plain": [0, 0.0, 0, []], "hass": [0, 0.0, 0, []]}
+                got = {"plain": [0, 0.0, 0, [], 0], "hass": [0, 0.0, 0, [], 0]}
                 for i, ids in enumerate(prompts):
                     pair = [("plain", plain_url), ("hass", url)]
                     for name, u in (pair if i % 2 == 0 else pair[::-1]):
-                        t = time.perf_counter()
-                        out = _generate(u, ids, max_tokens, 0.0)
-                        acc = got[name]
-                        acc[0] += out["meta_info"]["completion_tokens"]
-                        acc[1] += time.perf_counter() - t
-                        acc[2] += out["meta_info"].get("spec_verify_ct", 0) or 0
-                        acc[3].append(out["text"])
+                        _timed(u, ids, max_tokens, 0.0, got[name])
             row = _row(f"hass {tree}", 0.0, threads, dtype, *got["hass"])
             row["plain_tok_s"] = round(got["plain"][0] / got["plain"][1], 2)
             plain_all[0] += got["plain"][0]
             plain_all[1] += got["plain"][1]
+            plain_all[2] += got["plain"][4]
             report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
             rows.append(row)
-    rows.insert(0, _row("plain", 0.0, threads, dtype, plain_all[0], plain_all[1], 0, []))
+    rows.insert(0, _row("plain", 0.0, threads, dtype, plain_all[0], plain_all[1], 0, [], plain_all[2]))
     best = best_tree_row(rows[1:])
     cal = Calibration(tree=best["server"].removeprefix("hass "), dtype=dtype, threads=threads,
                       hass_tok_s=best["tok_s"], plain_tok_s=best["plain_tok_s"], accept_length=best["accept_length"],

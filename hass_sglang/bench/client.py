@@ -171,15 +171,17 @@ def ask(urls: list[str], question: str, max_tokens: int, temperature: float = 0.
     """`hass serve --ask`: the question `rounds` times to each server, after a short untimed request to
     each (the first request on a fresh server pays one-time costs: kernel selection, compilation).
     With several servers the requests alternate between them and the order flips every round, as in
-    `hass calibrate`, so that servers running side by side see the same machine load. Returns the
-    answers per server, in `urls` order."""
+    `hass calibrate`, so that servers running side by side see the same machine load. Each timed
+    request starts from an empty prefix cache (a repeated question would skip its prefill). Returns
+    the answers per server, in `urls` order."""
     if rounds < 1:
         raise HassError(f"ask: rounds must be >= 1, got {rounds}")
     settings = RequestSettings(max_tokens=max_tokens, stream=False, timeout_s=timeout_s, retries=0)
     warm = RequestSettings(max_tokens=4, stream=False, timeout_s=timeout_s, retries=0)
 
     async def run() -> list[list[Answer]]:
-        clients = [make_client(Endpoint(f"ask{i}", u), settings) for i, u in enumerate(urls)]
+        endpoints = [Endpoint(f"ask{i}", u) for i, u in enumerate(urls)]
+        clients = [make_client(e, settings) for e in endpoints]
         try:
             for c in clients:
                 await chat_once(c, [{"role": "user", "content": "Hi"}], 0.0, warm)
@@ -187,6 +189,8 @@ def ask(urls: list[str], question: str, max_tokens: int, temperature: float = 0.
             for r in range(rounds):
                 order = list(range(len(urls)))
                 for i in (order if r % 2 == 0 else order[::-1]):
+                    if not await asyncio.to_thread(flush_prefix_cache, endpoints[i]):
+                        raise HassError(f"{urls[i]}/flush_cache failed: the question would reuse its earlier prefill")
                     out[i].append(await chat_once(clients[i], [{"role": "user", "content": question}],
                                                   temperature, settings))
             return out
