@@ -29,7 +29,7 @@ import torch
 from hass_sglang.checkpoint import draft_fingerprint
 from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS
-from hass_sglang.evaluate import add_tree_args, eval_prompts, run_side_by_side, summarize, tree_from_args
+from hass_sglang.evaluate import add_tree_args, eval_prompts, run_side_by_side, summarize, tau_ratio_interval, tree_from_args
 from hass_sglang.sampling import make_sampling
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.target import DTYPES, EMBEDDED_TARGET, dtype_from_name, load_target
@@ -99,6 +99,12 @@ def main(argv=None) -> int:
         for name in decoders:
             print(f"| {name} | " + " | ".join(
                 f"{get[name, c].tokens_per_second / get['vanilla', c].tokens_per_second:.2f}x" for c in cols) + " |")
+        for pair in args.compare:  # how far the mean ratio moves with the choice of prompts
+            a, _, b = pair.partition(":")
+            r, lo, hi = tau_ratio_interval(runs, a, b)
+            raw.setdefault("intervals", {})[f"{pair} T={temp:g}"] = {"ratio": r, "low": lo, "high": hi}
+            print(f"\n{a} / {b} mean tau at T={temp:g}: {r:.3f} (95% paired bootstrap over the {len(runs)} prompts: "
+                  f"{lo:.3f}-{hi:.3f})")
         if temp == 0:
             same = {name: get[name, "mean"].identical for name in decoders}
             print(f"\noutputs identical to vanilla greedy (of {len(prompts)}): {same}")

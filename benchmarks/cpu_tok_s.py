@@ -1,14 +1,17 @@
-"""Decode speed of SGLang on this CPU: plain decoding vs HASS with several trees, T=0 and T=1, side by side.
+"""Decode speed of SGLang on this CPU: HASS servers with several drafts and trees, each measured
+beside a plain server, at T=0 and T=1.
 
     .venv/bin/python benchmarks/cpu_tok_s.py [--draft DIR|NAME|random ...] [--trees "3 2 6" "2 1 3" ...]
         [--per-set 1 --max-tokens 48 --temperatures 0 1 --threads 1 --dtypes float32 bfloat16]
 
-One server at a time (--dtype from --dtypes, fp32 by default; --max-total-tokens 16384); each server answers the same chat requests
-(`--per-set` questions of each eagle_eval set, batch 1) at every temperature after one warm-up
-request. Prints one JSON line per (server, temperature) and a Markdown table with tok/s, speedup
-over plain decoding measured in the same run, and SGLang's accept length (completion tokens per
-verify step). Several --draft values compare drafts in one run against the same plain server
-(rows named `<draft> <tree>`).
+Per --dtypes x --threads value (fp32, 1 thread by default; --max-total-tokens 16384): a plain server
+runs throughout and each HASS server (every --draft with every --tree) runs beside it in turn; each
+chat request (`--per-set` questions of each eagle_eval set, batch 1, from an empty prefix cache)
+goes to both at every temperature, the order alternating (`calibrate.measure_pairs`), so every
+speedup is a ratio measured under the same machine load. Prints one JSON line per (server,
+temperature) and a Markdown table with tok/s, the paired speedup, SGLang's accept length
+(completion tokens per verify step) and the cost of a cycle in plain steps. With several --draft
+values the rows are named `<draft> <tree>`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hass_sglang.bench.calibrate import measure_server, speed_table
+from hass_sglang.bench.calibrate import measure_pairs, speed_table
 from hass_sglang.drafts import resolve_draft
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
 from hass_sglang.target import load_target
@@ -35,7 +38,6 @@ def main():
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP threads per server (each value: all servers)")
     ap.add_argument("--dtypes", nargs="+", default=["float32"], help="--dtype of every server (each value: all servers)")
-    ap.add_argument("--skip-plain", action="store_true")
     a = ap.parse_args()
     target = load_target()
     model = a.model or str(target.path)
@@ -43,16 +45,13 @@ def main():
     prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
     rows = []
     for dtype, threads in [(d, t) for d in a.dtypes for t in a.threads]:
-        servers = ([] if a.skip_plain else [(None, None, None)]) + [(n, d, t) for n, d in drafts.items() for t in a.trees]
-        for name, d, tree in servers:
-            for r in measure_server(model, d, tree, prompts, a.max_tokens, a.temperatures, threads, dtype):
-                if name is not None and len(drafts) > 1:
-                    r["server"] = f"{Path(name).name} {tree}"
-                rows.append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "texts"}), flush=True)
+        candidates = [(f"{Path(n).name} {t}" if len(drafts) > 1 else f"hass {t}", d, t)
+                      for n, d in drafts.items() for t in a.trees]
+        rows += measure_pairs(model, candidates, prompts, a.max_tokens, a.temperatures, threads, dtype,
+                              report=lambda line: print(line, flush=True))
     plain_t0 = {(r["dtype"], r["threads"]): r["texts"] for r in rows if r["server"] == "plain" and r["temperature"] == 0}
     same = {f"{r['server']} {r['dtype']} {r['threads']}": r["texts"] == plain_t0[(r["dtype"], r["threads"])]
-            for r in rows if r["temperature"] == 0 and (r["dtype"], r["threads"]) in plain_t0}
+            for r in rows if r["server"] != "plain" and r["temperature"] == 0 and (r["dtype"], r["threads"]) in plain_t0}
     print(f"\ndrafts {', '.join(drafts.values())}; {len(prompts)} prompts x {a.max_tokens} tokens; T=0 texts equal to plain: {same}\n")
     print(speed_table(rows))
 

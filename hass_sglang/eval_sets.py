@@ -67,3 +67,17 @@ def load_questions(name_or_path: str, limit: int | None = None) -> list[Question
     if not out:
         raise DatasetError(f"{path}: no questions")
     return out
+
+
+def validation_questions(n: int, sets=EVAL_SETS) -> list[tuple[str, Question]]:
+    """`n` (set, question) pairs for validating drafts while they train: the *last* questions of each
+    set in turn, so they stay apart from the first questions of each set, which the benchmarks decode
+    (`--per-set N` takes the first N). The training corpus drops every eval question (`hass corpus`)."""
+    tails = {name: load_questions(name)[::-1] for name in sets}
+    out = []
+    for i in range(n):
+        name = sets[i % len(sets)]
+        if i // len(sets) >= len(tails[name]):
+            raise DatasetError(f"validation: {n} prompts need more than the {len(tails[name])} questions of {name}")
+        out.append((name, tails[name][i // len(sets)]))
+    return out

@@ -190,6 +190,28 @@ def summarize(runs: list[PromptRun]) -> list[Summary]:
     return list(rows.values())
 
 
+def tau_ratio_interval(runs: list[PromptRun], a: str, b: str, level: float = 0.95, resamples: int = 4000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Pooled tau of method `a` over pooled tau of `b` (the tables' 'mean' ratio) and its paired
+    bootstrap interval: the prompts are resampled with replacement, the same draw for both methods,
+    so what a prompt does to both (an easy set, a long answer) cancels and what is left is how much
+    the ratio depends on which prompts were asked. Returns (ratio, low, high)."""
+    if not runs:
+        raise HassError("tau_ratio_interval: no prompts")
+    counts = torch.tensor([[len(r.results[m].tokens), r.results[m].target_forwards] for r in runs for m in (a, b)],
+                          dtype=torch.float64).view(len(runs), 2, 2)  # [prompt, method, (tokens, forwards)]
+
+    def ratio(c: torch.Tensor) -> torch.Tensor:  # c: [..., prompt, method, 2]
+        pooled = c.sum(-3)
+        tau = pooled[..., 0] / pooled[..., 1]
+        return tau[..., 0] / tau[..., 1]
+
+    g = torch.Generator().manual_seed(seed)
+    draws = ratio(counts[torch.randint(len(runs), (resamples, len(runs)), generator=g)])
+    low, high = torch.quantile(draws, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return float(ratio(counts)), low, high
+
+
 def format_table(summaries: list[Summary]) -> str:
     """Markdown: per method and set, tokens/s, speedup over vanilla, tau and output identity."""
     base = {s.eval_set: s.tokens_per_second for s in summaries if s.method == "vanilla"}

@@ -88,3 +88,28 @@ def test_a_killed_run_resumes_from_its_journal_exactly_once(tmp_path, target, se
     alone = run_side_by_side(target, {"chain2": chain2}, prompts[1:], NEW_TOKENS, sampling, seed=3, progress=False)
     assert alone[0].results["chain2"].tokens == more[1].results["chain2"].tokens
     assert alone[0].results["vanilla"].tokens == full[1].results["vanilla"].tokens
+
+
+def _runs(counts):
+    """PromptRuns from per-prompt {method: (tokens, target forwards)}."""
+    from hass_sglang.evaluate import PromptRun
+    from hass_sglang.vanilla import GenerationResult
+
+    return [PromptRun("qa", str(i), 5, {m: GenerationResult(list(range(t)), f, 1.0) for m, (t, f) in c.items()})
+            for i, c in enumerate(counts)]
+
+
+def test_the_tau_ratio_interval_is_a_paired_bootstrap_over_prompts():
+    from hass_sglang.evaluate import tau_ratio_interval
+
+    # b decodes every prompt at 2 tokens per forward, a at 2.2: 1.1x on every prompt, however drawn
+    same_gain = _runs([{"a": (110 * k, 50 * k), "b": (100 * k, 50 * k)} for k in (1, 2, 3, 4)])
+    r, lo, hi = tau_ratio_interval(same_gain, "a", "b")
+    assert r == pytest.approx(1.1) and lo == pytest.approx(1.1) and hi == pytest.approx(1.1)
+    # the gain comes from one prompt of eight: the pooled ratio is 1.125, but a draw without that
+    # prompt gives 1.0, so the interval reaches down to 1
+    one_prompt = _runs([{"a": (100, 50), "b": (100, 50)}] * 7 + [{"a": (200, 50), "b": (100, 50)}])
+    r, lo, hi = tau_ratio_interval(one_prompt, "a", "b")
+    assert r == pytest.approx(1.125) and lo == pytest.approx(1.0) and 1.125 < hi <= 1.5
+    with pytest.raises(Exception, match="no prompts"):
+        tau_ratio_interval([], "a", "b")

@@ -172,44 +172,62 @@ def measure_server(model: str, draft: str | None, tree: str | None, prompts: lis
     return rows
 
 
-def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDIDATES, dtype: str | None = None,
-              threads: int = 1, max_tokens: int = 48, report=print) -> tuple[Calibration, list[dict]]:
-    """Pick the tree with the highest speedup over plain decoding, each measured in pairs.
+def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: list[list[int]], max_tokens: int,
+                  temperatures=(0.0,), threads: int = 1, dtype: str = "float32", report=print) -> list[dict]:
+    """Speculative servers, each measured beside a plain server of the same model, dtype and threads.
 
-    A plain server runs throughout; each candidate's HASS server runs beside it in turn, and every
-    prompt goes to both, one after the other (the order alternating), so both see the same machine
-    load: on a noisy shared host the paired ratio is stable where tok/s measured minutes apart is not
-    (plain alone moved 14.3 -> 11.8 tok/s between two runs here, docs/sglang-cpu.md). Rows: the
-    plain server over all pairs, then one per tree with its paired `plain_tok_s`."""
+    A plain server runs throughout; each candidate (row name, draft, tree) runs beside it in turn,
+    and every prompt at every temperature goes to both, one after the other (the order alternating),
+    so both see the same machine load: on a noisy shared host the paired ratio is stable where tok/s
+    measured minutes apart is not (plain alone moved 25.4 -> 31.1 tok/s between two passes over the
+    same prompts here, docs/sglang-cpu.md). Rows: the plain server over all pairs per temperature,
+    then one per candidate and temperature with its paired `plain_tok_s`; `report` gets each
+    candidate row as a JSON line when it is measured."""
     from hass_sglang.serving.server import running_server
 
+    if not prompts:
+        raise HassError("measure_pairs: no prompts")
+    if not candidates:
+        raise HassError("measure_pairs: no speculative servers to measure")
+    for _, _, tree in candidates:
+        TreeShape.parse(tree)  # a bad tree fails before any server starts
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
+    rows, plain_all = [], {t: [0, 0.0, 0, [], 0] for t in temperatures}
+    with running_server(_spec(model, None, None, dtype)) as plain_url:
+        _generate(plain_url, prompts[0], 4, 0.0)  # warm-up: one-time costs stay out of the timing
+        for name, draft, tree in candidates:
+            with running_server(_spec(model, draft, tree, dtype)) as url:
+                _generate(url, prompts[0], 4, 0.0)
+                for temp in temperatures:
+                    got = {"plain": [0, 0.0, 0, [], 0], "hass": [0, 0.0, 0, [], 0]}
+                    for i, ids in enumerate(prompts):
+                        pair = [("plain", plain_url), ("hass", url)]
+                        for who, u in (pair if i % 2 == 0 else pair[::-1]):
+                            _timed(u, ids, max_tokens, temp, got[who])
+                    row = _row(name, temp, threads, dtype, *got["hass"])
+                    row["plain_tok_s"] = round(got["plain"][0] / got["plain"][1], 2)
+                    total = plain_all[temp]
+                    for k in (0, 1, 4):
+                        total[k] += got["plain"][k]
+                    total[3] = total[3] or got["plain"][3]  # the plain texts of the first pass
+                    report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
+                    rows.append(row)
+    plain_rows = [_row("plain", t, threads, dtype, a[0], a[1], 0, a[3], a[4]) for t, a in plain_all.items()]
+    return plain_rows + rows
+
+
+def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDIDATES, dtype: str | None = None,
+              threads: int = 1, max_tokens: int = 48, report=print) -> tuple[Calibration, list[dict]]:
+    """Pick the tree with the highest speedup over plain decoding, each measured in pairs at T=0
+    (`measure_pairs`). Rows: the plain server over all pairs, then one per tree with its paired
+    `plain_tok_s`."""
     if not prompts:
         raise HassError("calibrate: no prompts")
     if not trees:
         raise HassError("calibrate: no candidate trees")
-    for tree in trees:
-        TreeShape.parse(tree)  # a bad tree fails before any server starts
     dtype = dtype or default_cpu_dtype()
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # ServerSpec.env keeps a value that is set
-    rows, plain_all = [], [0, 0.0, 0]
-    with running_server(_spec(model, None, None, dtype)) as plain_url:
-        _generate(plain_url, prompts[0], 4, 0.0)
-        for tree in trees:
-            with running_server(_spec(model, draft, tree, dtype)) as url:
-                _generate(url, prompts[0], 4, 0.0)
-                got = {"plain": [0, 0.0, 0, [], 0], "hass": [0, 0.0, 0, [], 0]}
-                for i, ids in enumerate(prompts):
-                    pair = [("plain", plain_url), ("hass", url)]
-                    for name, u in (pair if i % 2 == 0 else pair[::-1]):
-                        _timed(u, ids, max_tokens, 0.0, got[name])
-            row = _row(f"hass {tree}", 0.0, threads, dtype, *got["hass"])
-            row["plain_tok_s"] = round(got["plain"][0] / got["plain"][1], 2)
-            plain_all[0] += got["plain"][0]
-            plain_all[1] += got["plain"][1]
-            plain_all[2] += got["plain"][4]
-            report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
-            rows.append(row)
-    rows.insert(0, _row("plain", 0.0, threads, dtype, plain_all[0], plain_all[1], 0, [], plain_all[2]))
+    rows = measure_pairs(model, [(f"hass {tree}", draft, tree) for tree in trees], prompts, max_tokens, (0.0,),
+                         threads, dtype, report)
     best = best_tree_row(rows[1:])
     cal = Calibration(tree=best["server"].removeprefix("hass "), dtype=dtype, threads=threads,
                       hass_tok_s=best["tok_s"], plain_tok_s=best["plain_tok_s"], accept_length=best["accept_length"],

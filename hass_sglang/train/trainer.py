@@ -212,16 +212,15 @@ def init_for_training(head):
 
 def validation_tau(target, head, prompts: int, max_new_tokens: int) -> float:
     """Greedy tau of a copy of `head` in the reference decoder (a 16-token tree, the CPU setting)
-    on the first question of each eval set in turn: what training is for, logged per epoch."""
-    from hass_sglang.eval_sets import EVAL_SETS
-    from hass_sglang.evaluate import eval_prompts
+    on held-out eval questions (`validation_questions`: the last of each set in turn, never among
+    the first questions the benchmarks decode): what training is for, logged per checkpoint."""
+    from hass_sglang.eval_sets import validation_questions
     from hass_sglang.speculative import SpeculativeDecoder
 
-    chosen = [eval_prompts(target, [EVAL_SETS[i % len(EVAL_SETS)]], i // len(EVAL_SETS) + 1)[-1] for i in range(prompts)]
     dec = SpeculativeDecoder(target, copy.deepcopy(head).eval(), VALIDATION_TREE)
     tokens = forwards = 0
-    for _, _, ids in chosen:
-        res = dec.generate(ids, max_new_tokens)
+    for _, q in validation_questions(prompts):
+        res = dec.generate(target.chat_prompt_ids(q.turns[0]), max_new_tokens)
         tokens += len(res.tokens)
         forwards += res.target_forwards
     return tokens / max(forwards, 1)
