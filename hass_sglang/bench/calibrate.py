@@ -179,8 +179,8 @@ def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: l
     A plain server runs throughout; each candidate (row name, draft, tree) runs beside it in turn,
     and every prompt at every temperature goes to both, one after the other (the order alternating),
     so both see the same machine load: on a noisy shared host the paired ratio is stable where tok/s
-    measured minutes apart is not (plain alone moved 25.4 -> 31.1 tok/s between two passes over the
-    same prompts here, docs/sglang-cpu.md). Rows: the plain server over all pairs per temperature,
+    measured minutes apart is not (the plain server measured 30.1 and 23.8 tok/s in two pairs of
+    one `cpu_tok_s.py` run, docs/sglang-cpu.md). Rows: the plain server over all pairs per temperature,
     then one per candidate and temperature with its paired `plain_tok_s`; `report` gets each
     candidate row as a JSON line when it is measured."""
     from hass_sglang.serving.server import running_server
