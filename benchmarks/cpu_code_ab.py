@@ -18,34 +18,24 @@ import json
 import os
 import statistics
 
-from hass_sglang.bench.calibrate import measure_server
-from hass_sglang.drafts import resolve_draft
-from hass_sglang.eval_sets import EVAL_SETS, load_questions
-from hass_sglang.target import load_target
+from hass_sglang.bench.calibrate import add_server_bench_args, measure_server, server_bench_inputs
 from hass_sglang.tree import CPU_BF16_TREE
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkouts", nargs=2, help="two project checkouts (e.g. a worktree of the old commit, then main)")
-    ap.add_argument("--draft", default="smollm2-135m-hass-eagle")
-    ap.add_argument("--trees", nargs="+", default=[CPU_BF16_TREE.spec])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--per-set", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="bfloat16")
+    add_server_bench_args(ap, [CPU_BF16_TREE.spec])
     a = ap.parse_args()
-    target = load_target()
-    draft = str(resolve_draft(a.draft).folder(target.config))
-    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
+    model, draft, prompts = server_bench_inputs(a)
     base = os.environ.get("PYTHONPATH", "")
     rows = []
     for rnd in range(a.rounds):
         for code in a.checkouts:
             os.environ["PYTHONPATH"] = os.path.abspath(code) + (os.pathsep + base if base else "")
             for d, tree in [(None, None)] + [(draft, t) for t in a.trees]:
-                for r in measure_server(str(target.path), d, tree, prompts, a.max_tokens, (0.0,), a.threads, a.dtype):
+                for r in measure_server(model, d, tree, prompts, a.max_tokens, (0.0,), a.threads, a.dtype):
                     r.pop("texts")
                     rows.append({**r, "code": code, "round": rnd})
                     print(json.dumps(rows[-1]), flush=True)

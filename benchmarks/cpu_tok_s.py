@@ -22,7 +22,8 @@ from pathlib import Path
 
 from hass_sglang.bench.calibrate import measure_pairs, speed_table
 from hass_sglang.drafts import resolve_draft
-from hass_sglang.eval_sets import EVAL_SETS, load_questions
+from hass_sglang.eval_sets import EVAL_SETS
+from hass_sglang.evaluate import eval_prompts
 from hass_sglang.target import load_target
 from hass_sglang.tree import CPU_TREE
 
@@ -42,7 +43,7 @@ def main():
     target = load_target()
     model = a.model or str(target.path)
     drafts = {name: str(resolve_draft(name).folder(target.config)) for name in a.draft}
-    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=a.per_set)]
+    prompts = [ids for _, _, ids in eval_prompts(target, EVAL_SETS, a.per_set)]
     rows = []
     for dtype, threads in [(d, t) for d in a.dtypes for t in a.threads]:
         candidates = [(f"{Path(n).name} {t}" if len(drafts) > 1 else f"hass {t}", d, t)

@@ -155,7 +155,8 @@ def cmd_calibrate(args) -> int:
     from hass_sglang.bench.calibrate import CPU_CANDIDATES, calibrate, save_calibration, speed_table
     from hass_sglang.drafts import resolve_draft
     from hass_sglang.serving.server import cpu_threads
-    from hass_sglang.eval_sets import EVAL_SETS, load_questions
+    from hass_sglang.eval_sets import EVAL_SETS
+    from hass_sglang.evaluate import eval_prompts
     from hass_sglang.target import load_target, resolve_target
 
     import torch
@@ -167,7 +168,7 @@ def cmd_calibrate(args) -> int:
         raise HassError("calibrate: pass --draft <folder> or a shipped draft name")
     model = str(resolve_target(args.target))
     target = load_target(args.target)
-    prompts = [target.chat_prompt_ids(q.turns[0]) for s in EVAL_SETS for q in load_questions(s, limit=args.per_set)]
+    prompts = [ids for _, _, ids in eval_prompts(target, EVAL_SETS, args.per_set)]
     cal, rows = calibrate(model, str(choice.path), prompts, trees=args.trees or CPU_CANDIDATES, dtype=args.dtype,
                           threads=args.threads or cpu_threads(), max_tokens=args.max_tokens)
     print("\n" + speed_table(rows) + "\n")

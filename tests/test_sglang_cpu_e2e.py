@@ -19,6 +19,7 @@ One server at a time; each fixture starts, uses and stops its own.
 """
 
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -29,6 +30,7 @@ import pytest
 from hass_sglang.checkpoint import load_draft
 from hass_sglang.drafts import SHIPPED_DIR
 from hass_sglang.eval_sets import EVAL_SETS, load_questions
+from hass_sglang.serving import phase_timing
 from hass_sglang.serving.server import ServerSpec, running_server
 from hass_sglang.speculative import SpeculativeDecoder
 from hass_sglang.tree import CPU_TREE
@@ -119,27 +121,44 @@ def _idle_scheduler_cpu(seconds: float = 2.0) -> list[float]:
     return [p.cpu_percent(None) for p in procs]
 
 
-def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_tokens=None):
+def _serve_and_collect(target, prompts, draft, log_path, t1=False, bad_input=False, bias_tokens=None, phases=False):
     out = {}
     spec = ServerSpec(model=str(target.path), draft=None if draft is None else str(draft), device="cpu")
-    with running_server(spec, log_path=log_path) as url:
-        client = _client(url)
-        replies = [_chat(client, p) for p in prompts]
-        out["texts"] = [t for t, _ in replies]
-        out["meta"] = [m for _, m in replies]
-        out["streamed"] = [_chat(client, p, stream=True)[0] for p in prompts[:2]]
-        out["log_t0"] = Path(log_path).read_text()  # everything at T=0 so far
-        if t1:
-            out.update(_t1_collect(url, target.chat_prompt_ids(T1_PROMPT), bias_tokens))
-        if bad_input:
-            out["bad"] = _bad_inputs(url, client, prompts[0])
-        out["probe"] = _probe(url, client, prompts[0])
-        out["idle_cpu"] = _idle_scheduler_cpu()
-        # The plugin is installed for every server on the host; only HASS servers check model names.
-        out["unknown model"] = post(url, "/v1/chat/completions", {
-            "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
+    prefix = Path(log_path).parent / "phases"
+    if phases:  # the server times SGLang's phases (serving/phase_timing.py); read around the T=0 prompts
+        os.environ[phase_timing.ENV] = str(prefix)
+    try:
+        with running_server(spec, log_path=log_path) as url:
+            os.environ.pop(phase_timing.ENV, None)
+            _collect(url, target, prompts, out, log_path, t1, bad_input, bias_tokens, prefix if phases else None)
+    finally:
+        os.environ.pop(phase_timing.ENV, None)
     out["log"] = Path(log_path).read_text()
     return out
+
+
+def _collect(url, target, prompts, out, log_path, t1, bad_input, bias_tokens, phases_prefix):
+    client = _client(url)
+    if phases_prefix is not None:
+        time.sleep(1.0)  # > the 0.5 s write period
+        before = phase_timing.read_totals(phases_prefix)
+    replies = [_chat(client, p) for p in prompts]
+    if phases_prefix is not None:
+        time.sleep(1.0)
+        out["phases"] = (before, phase_timing.read_totals(phases_prefix))
+    out["texts"] = [t for t, _ in replies]
+    out["meta"] = [m for _, m in replies]
+    out["streamed"] = [_chat(client, p, stream=True)[0] for p in prompts[:2]]
+    out["log_t0"] = Path(log_path).read_text()  # everything at T=0 so far
+    if t1:
+        out.update(_t1_collect(url, target.chat_prompt_ids(T1_PROMPT), bias_tokens))
+    if bad_input:
+        out["bad"] = _bad_inputs(url, client, prompts[0])
+    out["probe"] = _probe(url, client, prompts[0])
+    out["idle_cpu"] = _idle_scheduler_cpu()
+    # The plugin is installed for every server on the host; only HASS servers check model names.
+    out["unknown model"] = post(url, "/v1/chat/completions", {
+        "model": "no-such-model", "messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2})
 
 
 # Sampling parameters beyond temperature / top-p / top-k: plain SGLang honours them all; HASS
@@ -231,7 +250,7 @@ def vanilla(target, prompts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hass(target, prompts, vanilla, tmp_path_factory):
     return _serve_and_collect(target, prompts, HASS_DRAFT, tmp_path_factory.mktemp("hass") / "server.log",
-                              t1=True, bad_input=True, bias_tokens=vanilla["bias_tokens"])
+                              t1=True, bad_input=True, bias_tokens=vanilla["bias_tokens"], phases=True)
 
 
 @pytest.fixture(scope="module")
@@ -381,3 +400,27 @@ def test_idle_cpu_servers_leave_the_cores_free(vanilla, hass):
 def test_metrics_expose_the_accept_length_under_hass(hass):
     status, text = hass["probe"]["metrics"]
     assert status == 200 and "sglang:spec_accept_length" in text
+
+
+def test_phase_timing_counts_every_verify_of_a_real_server(hass):
+    """HASS_PHASE_TIMING (serving/phase_timing.py, hook registry): over the 12 T=0 requests the
+    scheduler counted one verify and one target verify forward per decode batch, as many as SGLang's
+    own spec_verify_ct, and the nested phases fit inside the cycle that runs them."""
+    before, after = hass["phases"]
+    timed = [pid for pid, t in after.items() if "cycle" in t]
+    assert len(timed) == 1  # only the scheduler process runs the hooked methods
+    got = {k: v for k, v in after[timed[0]].items()}
+    was = before.get(timed[0], {})
+
+    def calls(label):
+        return got.get(label, {}).get("calls", 0) - was.get(label, {}).get("calls", 0)
+
+    def seconds(label):
+        return got.get(label, {}).get("seconds", 0.0) - was.get(label, {}).get("seconds", 0.0)
+
+    verifies = sum(m["verify_ct"] for m in hass["meta"])
+    assert calls("verify") == calls("target.target_verify") == calls("batch.decode") == verifies > 0
+    assert calls("drafting") == verifies and calls("batch.extend") == len(hass["meta"])  # one prefill each
+    assert any(k.startswith("logits.") and k != "logits.49152" for k in got)  # the draft's hot vocabulary
+    assert seconds("verify") + seconds("drafting") + seconds("draft_extend") <= seconds("cycle") <= \
+        seconds("batch.decode") + seconds("batch.extend")

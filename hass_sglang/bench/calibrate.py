@@ -173,7 +173,8 @@ def measure_server(model: str, draft: str | None, tree: str | None, prompts: lis
 
 
 def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: list[list[int]], max_tokens: int,
-                  temperatures=(0.0,), threads: int = 1, dtype: str = "float32", report=print) -> list[dict]:
+                  temperatures=(0.0,), threads: int = 1, dtype: str = "float32", report=print,
+                  on_pass=None) -> list[dict]:
     """Speculative servers, each measured beside a plain server of the same model, dtype and threads.
 
     A plain server runs throughout; each candidate (row name, draft, tree) runs beside it in turn,
@@ -182,7 +183,9 @@ def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: l
     measured minutes apart is not (the plain server measured 30.1 and 23.8 tok/s in two pairs of
     one `cpu_tok_s.py` run, docs/sglang-cpu.md). Rows: the plain server over all pairs per temperature,
     then one per candidate and temperature with its paired `plain_tok_s`; `report` gets each
-    candidate row as a JSON line when it is measured."""
+    candidate row as a JSON line when it is measured. `on_pass(name, temperature, row)` (optional)
+    is called before each pass with row None and after it with the row (e.g. to read the servers'
+    HASS_PHASE_TIMING totals around the pass)."""
     from hass_sglang.serving.server import running_server
 
     if not prompts:
@@ -200,6 +203,8 @@ def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: l
                 _generate(url, prompts[0], 4, 0.0)
                 for temp in temperatures:
                     got = {"plain": [0, 0.0, 0, [], 0], "hass": [0, 0.0, 0, [], 0]}
+                    if on_pass is not None:
+                        on_pass(name, temp, None)
                     for i, ids in enumerate(prompts):
                         pair = [("plain", plain_url), ("hass", url)]
                         for who, u in (pair if i % 2 == 0 else pair[::-1]):
@@ -210,6 +215,8 @@ def measure_pairs(model: str, candidates: list[tuple[str, str, str]], prompts: l
                     for k in (0, 1, 4):
                         total[k] += got["plain"][k]
                     total[3] = total[3] or got["plain"][3]  # the plain texts of the first pass
+                    if on_pass is not None:
+                        on_pass(name, temp, row)
                     report(json.dumps({k: v for k, v in row.items() if k != "texts"}))
                     rows.append(row)
     plain_rows = [_row("plain", t, threads, dtype, a[0], a[1], 0, a[3], a[4]) for t, a in plain_all.items()]
@@ -234,6 +241,28 @@ def calibrate(model: str, draft: str, prompts: list[list[int]], trees=CPU_CANDID
                       prompts=len(prompts), max_tokens=max_tokens, measured_at=time.strftime("%Y-%m-%d %H:%M"),
                       cpu=cpu_features()["cpu"])
     return cal, rows
+
+
+def add_server_bench_args(ap, trees: list[str]) -> None:
+    """Options shared by the CPU server benchmarks (benchmarks/cpu_code_ab.py, cpu_cycle_phases.py)."""
+    ap.add_argument("--draft", default="smollm2-135m-hass-eagle", help="a shipped draft name or a folder")
+    ap.add_argument("--trees", nargs="+", default=trees, help="'steps topk draft_tokens' per HASS server")
+    ap.add_argument("--per-set", type=int, default=2, help="questions per eval set (batch 1)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16")
+
+
+def server_bench_inputs(args) -> tuple[str, str, list[list[int]]]:
+    """(target folder, draft folder, chat prompt ids) named by `add_server_bench_args` options."""
+    from hass_sglang.drafts import resolve_draft
+    from hass_sglang.eval_sets import EVAL_SETS
+    from hass_sglang.evaluate import eval_prompts
+    from hass_sglang.target import load_target
+
+    target = load_target()
+    draft = str(resolve_draft(args.draft).folder(target.config))
+    return str(target.path), draft, [ids for _, _, ids in eval_prompts(target, EVAL_SETS, args.per_set)]
 
 
 def best_tree_row(rows: list[dict]) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from hass_sglang.serving.phase_timing import PHASES
 from hass_sglang.serving.plugin import SPECULATIVE_FIELDS
 
 PINNED_SGLANG = "0.5.23"
@@ -207,6 +208,9 @@ SYMBOLS: tuple[Symbol, ...] = (
                "top_k with top_p on GPU servers"),
     Symbol(path="sglang.srt.speculative.eagle_utils:per_step_draft_out_cache_loc",
            why="the [bs, topk, num_steps] draft slot layout build_draft_decode_metadata_cpu follows"),
+    # The phases HASS_PHASE_TIMING times (serving/phase_timing.py): its labels read these parameters.
+    *(Symbol(path=path, params=params, why=f"HASS_PHASE_TIMING times it as {label!r}")
+      for label, (path, params) in PHASES.items()),
 )
 
 

@@ -137,6 +137,9 @@ def register() -> None:
     from hass_sglang.serving.request_checks import register_hooks as register_request_checks
 
     register_request_checks()  # unknown `model` names -> 400 instead of an answer from this model
+    from hass_sglang.serving.phase_timing import register_hooks as register_phase_timing
+
+    register_phase_timing()  # only with HASS_PHASE_TIMING set: wall time per SGLang phase, for benchmarks
     register_resolution_hook(RESOLUTION_STEP)(resolve_hass)
     after_import(MODEL_REGISTRY_MODULE, _register_models)
     _registered = True
