@@ -126,8 +126,8 @@ def _generate(url: str, ids: list[int], max_tokens: int, temperature: float) -> 
 def _timed(url: str, ids: list[int], max_tokens: int, temperature: float, acc: list) -> None:
     """One timed request from an empty prefix cache, added to `acc` = [tokens, seconds, verify
     forwards, texts, cached prompt tokens]. Without the flush a prompt sent before (the same prompts
-    at the next temperature, the plain server's pass for the next tree) skips its prefill: such
-    requests measured 13% faster here, so rows measured later looked faster."""
+    at the next temperature, the plain server's pass for the next tree) skips its prefill, so a
+    server that saw the prompts before is timed on less work than one that did not."""
     from hass_sglang.bench.client import Endpoint, flush_prefix_cache
 
     if not flush_prefix_cache(Endpoint("timed", url)):

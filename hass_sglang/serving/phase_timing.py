@@ -17,6 +17,7 @@ skip calls made while a CUDA graph is captured; a replayed graph runs none of th
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ENV = "HASS_PHASE_TIMING"
 
-# label -> (SGLang callable as module:qualname, its leading parameters after self: the hooks read them)
+# label -> (SGLang callable as module:qualname, its leading parameters, self first: the labels read them)
 PHASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "batch": ("sglang.srt.managers.scheduler:Scheduler.run_batch", ("self", "batch")),
     "cycle": ("sglang.srt.speculative.eagle_worker_v2:EAGLEWorkerV2.forward_batch_generation", ("self",)),
@@ -134,8 +135,6 @@ def register_hooks(environ=os.environ) -> bool:
 
 def read_totals(prefix: str | Path) -> dict[int, dict[str, dict]]:
     """The totals every process of servers started with this prefix has written, by pid."""
-    import json
-
     prefix = Path(prefix)
     out = {}
     for f in prefix.parent.glob(f"{prefix.name}.*.json"):
