@@ -2,6 +2,7 @@
 and the benchmark reads back, and that nothing is hooked unless HASS_PHASE_TIMING asks for it."""
 
 import os
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -43,6 +44,36 @@ def test_a_hook_counts_calls_and_time_and_the_totals_come_back_by_pid(tmp_path):
     assert list(got) == [os.getpid()] and calls == ["DECODE", "DECODE"]
     assert got[os.getpid()]["batch.decode"]["calls"] == 2 and got[os.getpid()]["verify"]["calls"] == 1
     assert got[os.getpid()]["batch.decode"]["seconds"] >= 0
+
+
+def test_the_last_write_holds_the_latest_totals(tmp_path, monkeypatch):
+    """The background writer holding an older snapshot cannot land it after a later write()
+    (CI once read 1 call of 2 this way)."""
+    import hass_sglang.io as io
+
+    real = io.write_json_atomic
+    entered, release, landed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_in_background(path, obj, **kw):
+        if threading.current_thread().name != "hass-phase-timing" or entered.is_set():
+            return real(path, obj, **kw)
+        entered.set()
+        release.wait(5)  # the writer thread sits on its 1-call snapshot
+        real(path, obj, **kw)
+        landed.set()
+
+    monkeypatch.setattr(io, "write_json_atomic", slow_in_background)
+    totals = P.PhaseTotals(tmp_path / "server.1.json", period=10)
+    totals.add("verify", 0.1)  # starts the writer thread
+    assert entered.wait(5)
+    totals.add("verify", 0.1)
+    direct = threading.Thread(target=totals.write)
+    direct.start()
+    direct.join(0.2)  # blocks behind the writer thread now; before the fix it finished first
+    release.set()
+    direct.join(5)
+    assert landed.wait(5)
+    assert P.read_totals(tmp_path / "server")[1]["verify"]["calls"] == 2
 
 
 def test_nothing_is_hooked_without_the_variable():

@@ -45,6 +45,9 @@ class PhaseTotals:
         self.path, self.period = Path(path), period
         self.totals: dict[str, list] = {}
         self._lock = threading.Lock()
+        # One write at a time, snapshot taken inside: the writer thread and a direct write() could
+        # otherwise rename their files in the wrong order and leave an older snapshot last.
+        self._write_lock = threading.Lock()
         self._changed = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -61,9 +64,10 @@ class PhaseTotals:
     def write(self) -> None:
         from hass_sglang.io import write_json_atomic
 
-        with self._lock:
-            snapshot = {k: {"calls": v[0], "seconds": v[1]} for k, v in self.totals.items()}
-        write_json_atomic(self.path, snapshot)
+        with self._write_lock:
+            with self._lock:
+                snapshot = {k: {"calls": v[0], "seconds": v[1]} for k, v in self.totals.items()}
+            write_json_atomic(self.path, snapshot)
 
     def _write_loop(self) -> None:
         while True:
