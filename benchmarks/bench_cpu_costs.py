@@ -1,5 +1,5 @@
-"""Cost model inputs for this CPU: target forward time vs tokens per forward, and the draft lm_head
-in fp32 vs bf16. Each measurement is the mean of 5 runs after warm-up; ratios, not absolute times,
+"""Cost model inputs for this CPU: target forward time vs tokens per forward, the draft lm_head
+in fp32 vs bf16, and one T > 0 token draw (torch.multinomial vs `sampling.draw`, inverse CDF). Each measurement is the mean of 5 runs after warm-up; ratios, not absolute times,
 are the signal on a shared machine.
 
   .venv/bin/python benchmarks/bench_cpu_costs.py
@@ -13,6 +13,7 @@ import torch
 
 from hass_sglang.kv_cache import new_cache, truncate
 from hass_sglang.masks import causal_mask
+from hass_sglang.sampling import draw
 from hass_sglang.target import load_target
 
 
@@ -34,6 +35,12 @@ def main() -> None:
         wb, xb = w.bfloat16(), x.bfloat16()
         b16 = timed(lambda: torch.nn.functional.linear(xb, wb))
         print(f"| {n} | {f32:.1f} | {b16:.1f} |")
+    # Every T > 0 verification (SpecInfer's bonus token) and every sampled token draws once.
+    probs = torch.softmax(torch.randn(1, 49152) * 3, -1)
+    multi = timed(lambda: torch.multinomial(probs, 1), reps=50)
+    inv = timed(lambda: draw(probs), reps=50)
+    print(f"\n| one draw, 49152 tokens | torch.multinomial ms | sampling.draw ms |\n|---|---|---|\n"
+          f"| 1 row | {multi:.2f} | {inv:.2f} ({multi / inv:.1f}x faster) |")
     print("\n| tokens per target forward (400 cached) | fp32 ms | bf16 ms |\n|---|---|---|")
     rows = {}
     for dtype in (torch.float32, torch.bfloat16):

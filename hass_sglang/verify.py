@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from hass_sglang.sampling import draw
 from hass_sglang.tree import DraftTree
 
 _EPS = 1e-12
@@ -53,10 +54,6 @@ def child_table(parents: torch.Tensor) -> torch.Tensor:
         table[par, slot[par]] = child
         slot[par] += 1
     return table
-
-
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +95,7 @@ def verify_specinfer(
         miss = active & ~hit
         if bool(miss.any()):  # every sibling rejected: emit from p without the sibling tokens
             removed = torch.zeros_like(pr).scatter_add(1, tok, valid.to(pr.dtype)) > 0
-            out[miss] = _sample(_normalise(pr.masked_fill(removed, 0.0)[miss]), generator)
+            out[miss] = draw(pr.masked_fill(removed, 0.0)[miss], generator)
         cur = torch.where(hit, ch[rows, first], cur)
         active = hit
     return cur, out
@@ -135,7 +132,7 @@ def verify_rrs(
             pj = torch.where(rej[:, None], _normalise((pj - qj).clamp(min=0)), pj)
             qj = torch.where(rej[:, None], _normalise(qj.scatter(1, t[:, None], 0.0)), qj)
         if bool(undecided.any()):
-            out[undecided] = _sample(_normalise(pj[undecided]), generator)
+            out[undecided] = draw(pj[undecided], generator)
         cur = nxt
         active = active & ~undecided
     return cur, out
@@ -204,12 +201,12 @@ def _hsd_verify_chain(tokens, p, q, lo, generator):
     full = tau == g
     emitted = torch.empty(b, dtype=torch.long, device=tokens.device)
     if bool(full.any()):
-        emitted[full] = _sample(p[rows[full], g], generator)
+        emitted[full] = draw(p[rows[full], g], generator)
     part = ~full
     if bool(part.any()):
         tp = tau[part]
         res = (c[rows[part], tp, None] * p[rows[part], tp] - q[rows[part], tp]).clamp(min=0)
-        emitted[part] = _sample(_normalise(res), generator)
+        emitted[part] = draw(res, generator)
     return tau, emitted, (h, c)
 
 
@@ -257,5 +254,5 @@ def verify_hsd_multidraft(
             first[idx[part]] = _normalise(res)
     rest = ~done
     if bool(rest.any()):
-        emitted[rest] = _sample(first[rest], generator)
+        emitted[rest] = draw(first[rest], generator)
     return anchor, tau, emitted

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hass_sglang.errors import InvalidRequestError
-from hass_sglang.sampling import SamplingParams, make_sampling, sample_token, target_probs
+from hass_sglang.sampling import SamplingParams, draw, logits_problem, make_sampling, sample_token, target_probs
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,36 @@ def test_sampling_follows_the_distribution():
     draws = sample_token(logits.expand(40000, 3), SamplingParams(temperature=1.0), gen)
     freq = torch.bincount(draws, minlength=3).float() / draws.numel()
     assert torch.allclose(freq, torch.tensor([0.6, 0.3, 0.1]), atol=0.01)
+
+
+def test_draw_follows_unnormalised_weights_and_never_draws_a_zero_weight():
+    """Inverse-CDF draws (one uniform per row): frequencies match the weights, zero weights (masked
+    tokens, rejected siblings) never come out, the same seed gives the same tokens."""
+    w = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.0])  # sums to 4, not 1
+    draws = draw(w.expand(40000, 5), torch.Generator().manual_seed(1))
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert torch.allclose(freq, torch.tensor([0.0, 0.75, 0.0, 0.25, 0.0]), atol=0.01)
+    assert freq[[0, 2, 4]].sum() == 0
+    again = draw(w.expand(40000, 5), torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again) and draw(torch.rand(2, 3, 7)).shape == (2, 3)
+
+
+def test_draw_at_the_top_of_the_cdf_takes_the_last_weighted_token(monkeypatch):
+    """A uniform that rounds up to the row's total would run past the vocabulary: it gets the last
+    token of non-zero weight, never a trailing zero-weight one."""
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
+    assert draw(torch.tensor([[0.2, 0.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]])).tolist() == [2, 0]
+
+
+def test_draw_refuses_rows_without_weight():
+    for bad in ([0.0, 0.0], [1.0, math.nan], [math.inf, 1.0]):
+        with pytest.raises(ValueError, match="positive finite"):
+            draw(torch.tensor([[0.5, 0.5], bad]))
+
+
+def test_logits_problem_names_nan_inf_and_fully_masked_rows():
+    x = torch.zeros(5, 6)
+    x[1, 2], x[2, 5], x[3] = math.nan, math.inf, -math.inf
+    x[4, :5] = -math.inf  # one allowed token: fine
+    for dtype in (torch.float32, torch.bfloat16):
+        assert logits_problem(x.to(dtype)).tolist() == [False, True, True, True, False]

@@ -98,8 +98,9 @@ def usable_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     with NaN / +inf logits, [bs, n] nodes with no allowed token). Broken requests get zeros (any
     distribution: they are aborted), fully masked nodes zeros (their probabilities are then
     replaced by SGLang's greedy point mass on argmax = token 0)."""
-    broken = (torch.isnan(logits) | torch.isposinf(logits)).flatten(1).any(1)
-    masked = torch.isneginf(logits).all(-1) & ~broken[:, None]
+    top = logits.amax(-1)  # one pass: NaN / +inf where a node holds one, -inf where nothing is allowed
+    broken = (torch.isnan(top) | torch.isposinf(top)).any(1)
+    masked = torch.isneginf(top) & ~broken[:, None]
     fix = broken[:, None, None] | masked[..., None]
     return (torch.where(fix, torch.zeros((), dtype=logits.dtype), logits) if fix.any() else logits), broken, masked
 
