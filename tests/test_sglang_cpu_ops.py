@@ -346,6 +346,9 @@ def test_extend_attention(g, tree, dtype, cap, tol):
     o = torch.empty(T, h, d, dtype=dtype)
     K.extend_attention_cpu(q, knew, vnew, o, kb, vb, 1.0, 1.0, r2t, rpi, seq, ext, starts, int(ext.max()), 0.25, cap,
                            False, 0, None, None, tm.reshape(-1) if tree else None, True)
+    from hass_sglang.serving.cpu import attention as A
+
+    assert A._last_layout[0][1].dense is tree  # equal extends in row order take the slice path
     for b in range(2):
         prefix = int(seq[b] - ext[b])
         for t in range(int(ext[b])):

@@ -144,6 +144,9 @@ class ExtendLayout(NamedTuple):
     valid_flat: torch.Tensor  # flat index into [bs * max_ext] of each real query
     new_keys: torch.Tensor  # [n_valid] flat key index (b * max_len + prefix_b + t) of each new token
     visible: torch.Tensor  # [bs, max_ext, max_len] bool: which key each query sees
+    # Every request extends by max_ext tokens and their q/k/v/o rows are 0..bs*max_ext-1 in order (a
+    # tree verify, a draft extend, one prefill): rows are then slices and views, not gathers.
+    dense: bool
 
 
 def extend_layout(seq, ext, extend_start_loc, tree_mask, is_causal) -> ExtendLayout:
@@ -157,7 +160,9 @@ def extend_layout(seq, ext, extend_start_loc, tree_mask, is_causal) -> ExtendLay
     new_keys = (torch.arange(bs, device=dev)[:, None] * max_len + (seq - ext)[:, None] + t[None, :])[q_valid]
     in_seq = torch.arange(max_len, device=dev)[None, :] < seq[:, None]
     visible = extend_visibility(seq, ext, max_ext, max_len, tree_mask, is_causal) & in_seq[:, None, :]
-    return ExtendLayout(rows, q_valid, rows[q_valid], q_valid.reshape(-1).nonzero().reshape(-1), new_keys, visible)
+    dense = bool(q_valid.all()) and torch.equal(rows.reshape(-1), torch.arange(bs * max_ext, device=dev))
+    return ExtendLayout(rows, q_valid, rows[q_valid], q_valid.reshape(-1).nonzero().reshape(-1), new_keys, visible,
+                        dense)
 
 
 _last_layout: list = []  # [(inputs, ExtendLayout)]: one entry, the current forward pass's
@@ -217,9 +222,16 @@ def extend_attention(
         keys = gather_rows(k_buffer, locs, float(key_scale))
         vals = gather_rows(v_buffer, locs, float(value_scale))
         if k is not None and v is not None:  # the new tokens' K/V straight from the arguments
-            keys[lay.new_keys] = gather_rows(k, lay.valid_rows, float(key_scale)).to(keys.dtype)
-            vals[lay.new_keys] = gather_rows(v, lay.valid_rows, float(value_scale)).to(vals.dtype)
+            nk = k[: lay.valid_rows.numel()] if lay.dense else gather_rows(k, lay.valid_rows)
+            nv = v[: lay.valid_rows.numel()] if lay.dense else gather_rows(v, lay.valid_rows)
+            keys[lay.new_keys] = (nk * float(key_scale) if key_scale != 1.0 else nk).to(keys.dtype)
+            vals[lay.new_keys] = (nv * float(value_scale) if value_scale != 1.0 else nv).to(vals.dtype)
         keys = keys.view(bs, max_len, *k_buffer.shape[1:])
         vals = vals.view(bs, max_len, *v_buffer.shape[1:])
+    if lay.dense:
+        n = rows.numel()
+        out = attend(q[:n].view(*rows.shape, *q.shape[1:]), keys, vals, lay.visible, scaling, logit_cap)
+        o[:n].copy_(out.reshape(n, *out.shape[2:]))
+        return
     out = attend(q[rows], keys, vals, lay.visible, scaling, logit_cap)
     o.index_copy_(0, lay.valid_rows, out.flatten(0, 1).index_select(0, lay.valid_flat).to(o.dtype))
