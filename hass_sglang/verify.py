@@ -88,14 +88,18 @@ def verify_specinfer(
         tok = tokens.gather(1, ch.clamp(min=0)).masked_fill(~valid, 0)
         pr = p[rows, cur]  # [B, V]
         pt = pr.gather(1, tok).masked_fill(~valid, 0.0)
-        left = (1.0 - (pt.cumsum(1) - pt)).clamp(min=_EPS)
+        removed = torch.zeros_like(pr).scatter_add(1, tok, valid.to(pr.dtype)) > 0
+        rest = pr.masked_fill(removed, 0.0)  # p outside the siblings: where a miss emits from
+        # The mass still in play at sibling j: siblings j.. plus the rest, summed from the other end.
+        # (1 - sum_{i<j} p(t_i)) is the same in exact arithmetic, but where the siblings hold all of
+        # p's mass its rounding could reject every one and leave a residual with nothing to draw.
+        left = (pt.flip(1).cumsum(1).flip(1) + rest.sum(1, keepdim=True)).clamp(min=_EPS)
         accept = valid & (torch.rand(pt.shape, generator=generator, device=pt.device) * left < pt)
         first = accept.int().argmax(1)
         hit = accept.any(1) & active
         miss = active & ~hit
         if bool(miss.any()):  # every sibling rejected: emit from p without the sibling tokens
-            removed = torch.zeros_like(pr).scatter_add(1, tok, valid.to(pr.dtype)) > 0
-            out[miss] = draw(pr.masked_fill(removed, 0.0)[miss], generator)
+            out[miss] = draw(rest[miss], generator)
         cur = torch.where(hit, ch[rows, first], cur)
         active = hit
     return cur, out

@@ -170,6 +170,21 @@ def test_tree_verifiers_are_exact(name):
     assert_exact(run_tree_verifier(name, gen), DEPTH + 1)
 
 
+def test_specinfer_accepts_the_last_sibling_when_the_siblings_hold_all_the_mass(monkeypatch):
+    """float32 softmax pairs where 1 - p(t_1) rounds above p(t_2): with `1 - cumsum` as the mass
+    left, a uniform near 1 rejected both siblings and the bonus draw had nothing to draw from (a
+    scheduler exception on a CPU server, e.g. with top-p keeping only tree tokens). The mass left is
+    now summed from the siblings' side, so the last sibling holding mass is always accepted."""
+    pairs = torch.softmax(torch.randn(1000, 2, generator=torch.Generator().manual_seed(0)), -1)
+    pair = pairs[int(torch.nonzero(1.0 - pairs[:, 0] > pairs[:, 1])[0])]  # rounding against us
+    p = torch.zeros(1, 3, 4)
+    p[0, 0, :2] = pair
+    p[0, 1:, 2] = 1.0
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24))  # float32's largest
+    last, emitted = verify_specinfer(torch.tensor([0, 0, 0]), torch.tensor([[5, 0, 1]]), p)
+    assert last.tolist() == [2] and emitted.tolist() == [2]  # sibling 2 (token 1), then node 2's p
+
+
 @pytest.mark.parametrize("name", ["specinfer", "rrs"])
 def test_planted_one_percent_bias_is_detected(name):
     gen = torch.Generator().manual_seed(11)
