@@ -526,3 +526,47 @@ def test_specinfer_hook_verifies_masked_logits_and_aborts_only_a_broken_request(
     # request 0 can only ever emit token 0: every committed token of its accepted path is 0
     path = got["accept_index"][0][got["accept_index"][0] >= 0]
     assert (got["predicts"][path.long()] == 0).all()
+
+
+def test_a_fault_in_the_specinfer_hook_aborts_the_batch_and_spares_the_scheduler(monkeypatch):
+    """Whatever goes wrong inside the T>0 hook ends the batch's requests with an error and lets
+    SGLang's own (greedy) verify fill the outputs; the exception does not reach the scheduler loop."""
+    from hass_sglang.serving.cpu import sampling_verify as sv
+
+    g, _, _, buf = _built_tree(2)
+    bs, n, vocab = 3, 7, 5
+    candidates = torch.randint(0, vocab, (bs, n), generator=g)
+    logits = torch.randn(bs * n, vocab, generator=g)
+
+    class Info:
+        temperatures = torch.ones(bs, 1)
+        top_ks = torch.full((bs,), 1 << 30, dtype=torch.int32)
+
+    class Req:
+        def __init__(self, rid):
+            self.rid, self.to_finish = rid, None
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    def greedy(**kw):
+        K.verify_tree_greedy_cpu(kw["predicts"], kw["accept_index"], kw["accept_token_num"], kw["candidates"],
+                                 kw["retrieve_index"], kw["retrieve_next_token"], kw["retrieve_next_sibling"],
+                                 kw["target_predict"])
+        return kw["predicts"], kw["accept_index"], kw["accept_token_num"]
+
+    monkeypatch.setattr(sv, "specinfer_accept", boom)
+    reqs = [Req(i) for i in range(bs)]
+    got = dict(predicts=torch.zeros(bs * n, dtype=torch.int32), accept_index=torch.full((bs, 5), -1, dtype=torch.int32),
+               accept_token_num=torch.zeros(bs, dtype=torch.int32))
+    common = dict(candidates=candidates, retrieve_index=buf[0], retrieve_next_token=buf[1], retrieve_next_sibling=buf[2],
+                  target_predict=logits.argmax(-1).view(bs, n))
+    token = sv._VERIFY_CTX.set({"logits": logits, "info": Info(), "n": n, "reqs": reqs})
+    try:
+        out = sv.around_verify(greedy, **got, **common)
+    finally:
+        sv._VERIFY_CTX.reset(token)
+    ref = greedy(predicts=torch.zeros(bs * n, dtype=torch.int32), accept_index=torch.full((bs, 5), -1, dtype=torch.int32),
+                 accept_token_num=torch.zeros(bs, dtype=torch.int32), **common)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    assert all(type(r.to_finish).__name__ == "FINISH_ABORT" and "internal error" in r.to_finish.message for r in reqs)

@@ -15,7 +15,8 @@ reduces to greedy verification. The logits arrive with SGLang's penalties, logit
 mask already applied in place (`eagle_sample`): masked tokens are -inf and verification runs over
 the allowed set, exactly; a tree node with no allowed token (past a draft token the grammar
 rejects, or after the grammar finished) gets SGLang's greedy answer, the point mass on argmax. A
-request whose logits hold NaN or +inf ends alone with an error (FINISH_ABORT), never the scheduler. Temperature, top-k and top-p are applied as in every other decoder
+request whose logits hold NaN or +inf ends alone with an error (FINISH_ABORT), never the scheduler; any
+other fault inside the hook ends the batch's requests the same way. Temperature, top-k and top-p are applied as in every other decoder
 of the project (`hass_sglang.sampling.target_probs`); min-p and penalties are not. Random numbers
 come from torch's global generator, not SGLang's per-request seeds.
 EAGLE drafts in SGLang keep no draft probabilities, so SpecInfer (point-mass drafts) is the rule.
@@ -160,6 +161,16 @@ def around_verify(original, *args, **kwargs):
     ctx = _VERIFY_CTX.get()
     if ctx is None:
         return original(*args, **kwargs)
+    try:
+        return _verify_sampled(ctx, kwargs)
+    except Exception:  # a fault in this hook costs the batch's requests, never the scheduler
+        logger.exception("hass_sglang: T>0 verification failed; aborting the batch's requests")
+        abort_requests(ctx.get("reqs"), range(kwargs["candidates"].shape[0]),
+                       "internal error in T>0 tree verification (hass_sglang); see the server log")
+        return original(*args, **kwargs)  # SGLang's greedy verify fills the outputs of the aborted batch
+
+
+def _verify_sampled(ctx, kwargs):
     predicts, accept_index, accept_token_num = kwargs["predicts"], kwargs["accept_index"], kwargs["accept_token_num"]
     candidates = kwargs["candidates"]
     bs, n = candidates.shape
