@@ -91,7 +91,7 @@ def cmd_serve(args) -> int:
     # On a CPU host both servers run at once and the question alternates between them (the servers
     # sleep when idle), so both see the same machine load; on GPUs, or where a second copy of the
     # weights may not fit in memory beside the first, one server after the other.
-    side_by_side = compare and not cuda and _fits_twice(model)
+    side_by_side = compare and not cuda and not args.one_at_a_time and _fits_twice(model)
 
     def serving(stack, s: ServerSpec, vanilla: bool) -> str:
         if vanilla:  # its port is picked once the first server holds its own
@@ -449,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --ask: times the question goes to each server; tok/s and the speedup are over all")
     sv.add_argument("--no-compare", dest="compare", action="store_false",
                     help="with --ask: skip the second, vanilla server that measures the speedup")
+    sv.add_argument("--one-at-a-time", action="store_true",
+                    help="with --ask: start the vanilla server after the HASS one has stopped, not beside it "
+                         "(always so on GPUs and where two copies of the model may not fit in memory)")
     sv.add_argument("sglang_args", nargs=argparse.REMAINDER, help="after --: extra launch_server flags")
     sv.set_defaults(func=cmd_serve)
 

@@ -138,3 +138,19 @@ def test_calibrate_then_the_readme_main_command_serves_the_winner_and_its_speedu
     vanilla = r.stdout.split("without speculation (--vanilla)", 1)[1]
     assert "-m sglang.launch_server" in vanilla and "--speculative-algorithm" not in vanilla
     assert float(vanilla.split("measured here): ", 1)[1].split("x", 1)[0]) > 0
+
+
+@pytest.mark.slow
+def test_serve_ask_one_server_after_the_other_as_on_gpu_hosts(tmp_path):
+    """The path GPU hosts (and hosts without memory for two copies) take: the HASS server answers
+    and stops, then a vanilla server starts and answers the same question; the speedup compares
+    the two."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HASS_CALIBRATION": str(tmp_path / "none.json")}
+    r = subprocess.run([*HASS, "serve", "--ask", "What is the capital of Japan?", "--max-tokens", "8",
+                        "--repeat", "1", "--one-at-a-time"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    hass_part, vanilla_part = r.stdout.split("the same model without speculation (--vanilla)", 1)
+    assert "assistant:" in hass_part and "accept length" in hass_part  # answered before the vanilla server started
+    assert "beside it" not in r.stdout and "alternating" not in r.stdout
+    assert "--speculative-algorithm" not in vanilla_part.split("\n", 2)[1]  # its launch command
+    assert float(vanilla_part.split("measured here): ", 1)[1].split("x", 1)[0]) > 0
