@@ -60,6 +60,13 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.sum(-1, keepdim=True).clamp(min=_EPS)
 
 
+def _residual(res: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """A residual distribution (p - q)+, or `fallback` (p itself) on rows where it has no mass: in
+    exact arithmetic such a row means p = q, whose tokens are always accepted; only rounding
+    (p summing a few ulps under q) rejects one, and then there would be nothing to draw from."""
+    return torch.where(res.sum(-1, keepdim=True) > 0, res, fallback)
+
+
 def _walk_state(parents: torch.Tensor, tokens: torch.Tensor):
     """Start of a root-to-leaf walk over B trees: (child table, row ids, current node = root,
     emitted token = unset, still walking)."""
@@ -133,7 +140,7 @@ def verify_rrs(
             nxt = torch.where(acc, cj, nxt)
             undecided = undecided & ~acc
             rej = live & ~acc
-            pj = torch.where(rej[:, None], _normalise((pj - qj).clamp(min=0)), pj)
+            pj = torch.where(rej[:, None], _normalise(_residual((pj - qj).clamp(min=0), pj)), pj)
             qj = torch.where(rej[:, None], _normalise(qj.scatter(1, t[:, None], 0.0)), qj)
         if bool(undecided.any()):
             out[undecided] = draw(pj[undecided], generator)
@@ -210,7 +217,7 @@ def _hsd_verify_chain(tokens, p, q, lo, generator):
     if bool(part.any()):
         tp = tau[part]
         res = (c[rows[part], tp, None] * p[rows[part], tp] - q[rows[part], tp]).clamp(min=0)
-        emitted[part] = draw(res, generator)
+        emitted[part] = draw(_residual(res, p[rows[part], tp]), generator)
     return tau, emitted, (h, c)
 
 
@@ -255,7 +262,7 @@ def verify_hsd_multidraft(
             r = torch.arange(idx.numel(), device=tokens.device)[part]
             tp = t_new[part]
             res = (c[r, tp, None] * pd[r, tp] - q[idx[part], d, tp]).clamp(min=0)
-            first[idx[part]] = _normalise(res)
+            first[idx[part]] = _normalise(_residual(res, pd[r, tp]))
     rest = ~done
     if bool(rest.any()):
         emitted[rest] = draw(first[rest], generator)

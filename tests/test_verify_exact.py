@@ -185,6 +185,21 @@ def test_specinfer_accepts_the_last_sibling_when_the_siblings_hold_all_the_mass(
     assert last.tolist() == [2] and emitted.tolist() == [2]  # sibling 2 (token 1), then node 2's p
 
 
+def test_rrs_rejecting_by_rounding_where_p_equals_q_still_emits_a_token(monkeypatch):
+    """p a few ulps under q everywhere (float sums): a uniform near 1 rejects the child although p = q,
+    and (p - q)+ has no mass; the walk emits from p instead of failing."""
+    q = torch.zeros(1, 2, 4)
+    q[0, 0] = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    q[0, 1, 3] = 1.0
+    p = q * (1 - 1e-6)
+    def near_one(*shape, dtype=None, **kw):  # float32's largest uniform, for every draw of the walk
+        return torch.full(shape[0] if isinstance(shape[0], tuple) else shape, 1 - 2**-24, dtype=dtype)
+
+    monkeypatch.setattr(torch, "rand", near_one)
+    last, emitted = verify_rrs(torch.tensor([0, 0]), torch.tensor([[9, 2]]), p, q)
+    assert last.tolist() == [0] and 0 <= int(emitted) < 4
+
+
 @pytest.mark.parametrize("name", ["specinfer", "rrs"])
 def test_planted_one_percent_bias_is_detected(name):
     gen = torch.Generator().manual_seed(11)
