@@ -9,6 +9,7 @@ own device. Without torchrun everything here is a no-op for a world of one.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Literal
 
@@ -43,6 +44,16 @@ def init_distributed(device: torch.device | None = None) -> None:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
+        # Leave the group while the interpreter is still whole: a group alive at exit can abort the
+        # process from its worker threads' destructors after the work is done (gloo under FSDP2 in
+        # CI: "terminate called without an active exception", exit -6; pytorch/pytorch#190489).
+        atexit.register(leave_distributed)
+
+
+def leave_distributed() -> None:
+    """Destroy this process's group (registered at exit by `init_distributed`; a no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:
