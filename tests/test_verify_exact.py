@@ -170,7 +170,16 @@ def test_tree_verifiers_are_exact(name):
     assert_exact(run_tree_verifier(name, gen), DEPTH + 1)
 
 
-def test_specinfer_accepts_the_last_sibling_when_the_siblings_hold_all_the_mass(monkeypatch):
+@pytest.fixture
+def uniforms_near_one(monkeypatch):
+    """Every torch.rand of the walk returns float32's largest uniform, 1 - 2**-24."""
+    def near_one(*shape, dtype=None, **kw):
+        return torch.full(shape[0] if isinstance(shape[0], tuple) else shape, 1 - 2**-24, dtype=dtype)
+
+    monkeypatch.setattr(torch, "rand", near_one)
+
+
+def test_specinfer_accepts_the_last_sibling_when_the_siblings_hold_all_the_mass(uniforms_near_one):
     """float32 softmax pairs where 1 - p(t_1) rounds above p(t_2): with `1 - cumsum` as the mass
     left, a uniform near 1 rejected both siblings and the bonus draw had nothing to draw from (a
     scheduler exception on a CPU server, e.g. with top-p keeping only tree tokens). The mass left is
@@ -180,22 +189,17 @@ def test_specinfer_accepts_the_last_sibling_when_the_siblings_hold_all_the_mass(
     p = torch.zeros(1, 3, 4)
     p[0, 0, :2] = pair
     p[0, 1:, 2] = 1.0
-    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24))  # float32's largest
     last, emitted = verify_specinfer(torch.tensor([0, 0, 0]), torch.tensor([[5, 0, 1]]), p)
     assert last.tolist() == [2] and emitted.tolist() == [2]  # sibling 2 (token 1), then node 2's p
 
 
-def test_rrs_rejecting_by_rounding_where_p_equals_q_still_emits_a_token(monkeypatch):
+def test_rrs_rejecting_by_rounding_where_p_equals_q_still_emits_a_token(uniforms_near_one):
     """p a few ulps under q everywhere (float sums): a uniform near 1 rejects the child although p = q,
     and (p - q)+ has no mass; the walk emits from p instead of failing."""
     q = torch.zeros(1, 2, 4)
     q[0, 0] = torch.tensor([0.25, 0.25, 0.25, 0.25])
     q[0, 1, 3] = 1.0
     p = q * (1 - 1e-6)
-    def near_one(*shape, dtype=None, **kw):  # float32's largest uniform, for every draw of the walk
-        return torch.full(shape[0] if isinstance(shape[0], tuple) else shape, 1 - 2**-24, dtype=dtype)
-
-    monkeypatch.setattr(torch, "rand", near_one)
     last, emitted = verify_rrs(torch.tensor([0, 0]), torch.tensor([[9, 2]]), p, q)
     assert last.tolist() == [0] and 0 <= int(emitted) < 4
 
